@@ -1,0 +1,84 @@
+"""Distillation losses as pure functions of tensors.
+
+Every function here is stateless and differentiable; the trainers combine them with the weights of their config.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["kd_loss", "ce_loss", "patch_probe_loss", "total_distillation_loss"]
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    r"""Temperature-scaled knowledge-distillation loss.
+
+    .. math::
+        L_{KD} = \frac{T^2}{N} \sum_{i=1}^{N} \sum_{j=1}^{C} q_{ij} \log \frac{q_{ij}}{p_{ij}},
+        \quad q = \mathrm{softmax}(t / T),\ p = \mathrm{softmax}(s / T)
+
+    i.e. ``T² · KL(softmax(t/T) ‖ softmax(s/T))`` averaged over the batch (not over classes). The ``T²`` factor
+    keeps the gradient scale independent of the temperature (Hinton et al., 2015).
+
+    Args:
+        student_logits: ``(N, C)`` student logits ``s``.
+        teacher_logits: ``(N, C)`` teacher logits ``t`` (no gradient is needed through them).
+        temperature: ``T > 0``.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ: "
+            "teacher and student must share one label set"
+        )
+    log_p = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    log_q = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    return F.kl_div(log_p, log_q, reduction="batchmean", log_target=True) * temperature**2
+
+
+def ce_loss(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    r"""Cross-entropy between the student and hard labels, batch mean.
+
+    .. math:: L_{CE} = -\frac{1}{N} \sum_{i=1}^{N} \log \mathrm{softmax}(s_i)_{y_i}
+
+    Labels equal to ``-100`` are ignored (the transformers convention).
+    """
+    return F.cross_entropy(student_logits.float(), labels)
+
+
+def patch_probe_loss(student_probes: torch.Tensor, teacher_probes: torch.Tensor) -> torch.Tensor:
+    r"""Patch attention-probe loss: mean squared difference of the probe vectors.
+
+    .. math:: L_{patch} = \frac{1}{N L P} \sum_{i=1}^{N} \sum_{l=1}^{L} \sum_{p=1}^{P} (a^S_{ilp} - a^T_{ilp})^2
+
+    where ``a_{ilp} = cos(h_{il,CLS}, h_{il,p})`` is the cosine similarity between the CLS token and patch token ``p``
+    in the ``l``-th chosen layer (see :func:`hf_dfkd.probes.patch_attention_probe`). Because the probes are
+    cosines, the loss does not depend on either model's hidden width.
+
+    Args:
+        student_probes: ``(N, L, P)`` student probe vectors (one per chosen layer pair).
+        teacher_probes: ``(N, L, P)`` teacher probe vectors, on the same patch grid.
+    """
+    if student_probes.shape != teacher_probes.shape:
+        raise ValueError(
+            f"student probes {tuple(student_probes.shape)} and teacher probes {tuple(teacher_probes.shape)} differ: "
+            "use the same number of layer pairs and the same patch grid (or interpolate the teacher's probes)"
+        )
+    return F.mse_loss(student_probes.float(), teacher_probes.float().to(student_probes.device))
+
+
+def total_distillation_loss(
+    kd: torch.Tensor,
+    ce: torch.Tensor,
+    patch: torch.Tensor | None,
+    lambda_kd: float,
+    lambda_ce: float,
+    lambda_patch: float,
+) -> torch.Tensor:
+    r"""``L_total = λ_KD·L_KD + λ_CE·L_CE + λ_patch·L_patch`` (the patch term is skipped when ``patch`` is None)."""
+    total = lambda_kd * kd + lambda_ce * ce
+    if patch is not None:
+        total = total + lambda_patch * patch
+    return total
