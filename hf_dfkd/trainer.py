@@ -278,7 +278,7 @@ class DistillationTrainer(Trainer):
             patch = patch_probe_loss(student_probes, teacher_probes)
         loss = total_distillation_loss(kd, ce, patch, args.lambda_kd, args.lambda_ce, args.lambda_patch)
 
-        self._record(mode, kd, ce, patch, loss)
+        self._record(mode, kd, ce, patch, loss, student_logits.shape[0])
         if mode == "eval":
             predictions = student_logits.argmax(dim=-1)
             agree = (predictions == teacher_logits.argmax(dim=-1)).float()
@@ -291,16 +291,22 @@ class DistillationTrainer(Trainer):
             return loss, ImageClassifierOutput(loss=loss, logits=student_logits)
         return loss
 
-    def _record(self, mode: str, kd, ce, patch, total) -> None:
+    def _record(self, mode: str, kd, ce, patch, total, batch_size: int) -> None:
         values = torch.stack([kd, ce, patch if patch is not None else torch.zeros_like(kd), total]).detach().float()
-        gathered = self.accelerator.gather(values).reshape(-1, len(_COMPONENTS))
+        if mode == "train":
+            gathered = self.accelerator.gather(values).reshape(-1, len(_COMPONENTS))
+        else:  # one row per example, so the split's mean weighs a short last batch correctly
+            gathered = self.accelerator.gather_for_metrics(values.expand(batch_size, -1).contiguous())
         # every process sees the gathered values, so every process stops together
         if not torch.isfinite(gathered).all():
             self._raise_non_finite(gathered)
         for i, key in enumerate(_COMPONENTS):
             if key == "patch_loss" and patch is None:
                 continue
-            self._metrics[mode][key].append(gathered[:, i].mean().item())
+            if mode == "train":
+                self._metrics[mode][key].append(gathered[:, i].mean().item())
+            else:
+                self._metrics[mode][key].append(gathered[:, i].cpu())
 
     def _raise_non_finite(self, gathered: torch.Tensor) -> None:
         parts = ", ".join(f"{k}={v:.4g}" for k, v in zip(_COMPONENTS, gathered.mean(dim=0).tolist()))
