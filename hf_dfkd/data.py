@@ -6,10 +6,12 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 from PIL import Image as PILImage
+from torch import nn
 
-__all__ = ["ImageTransform", "load_digits_dataset"]
+__all__ = ["ImageTransform", "TeacherInputAdapter", "load_digits_dataset"]
 
 
 def load_digits_dataset(test_size: float = 0.2, seed: int = 0) -> DatasetDict:
@@ -96,3 +98,30 @@ class ImageTransform:
         out = {k: v for k, v in batch.items() if k != self.image_column}
         out["pixel_values"] = [self.to_tensor(image) for image in batch[self.image_column]]
         return out
+
+
+class TeacherInputAdapter(nn.Module):
+    """Differentiable map from generator outputs in [-1, 1] to the teacher's input: ``((x + 1) / 2 - mean) / std``.
+
+    Sits between the generator and the teacher so that the teacher sees images normalised as in its training, and
+    resizes them (bilinear) when ``image_size`` is given and differs from the generator's.
+    """
+
+    def __init__(
+        self,
+        image_mean: float | Sequence[float] = 0.5,
+        image_std: float | Sequence[float] = 0.5,
+        image_size: int | Sequence[int] | None = None,
+    ):
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(image_mean, dtype=torch.float32).reshape(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.as_tensor(image_std, dtype=torch.float32).reshape(1, -1, 1, 1), persistent=False)
+        if isinstance(image_size, int):
+            image_size = (image_size, image_size)
+        self.image_size = tuple(image_size) if image_size is not None else None
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = (images + 1) / 2
+        if self.image_size is not None and tuple(x.shape[-2:]) != self.image_size:
+            x = F.interpolate(x, size=self.image_size, mode="bilinear", align_corners=False)
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)

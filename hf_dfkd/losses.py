@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["kd_loss", "ce_loss", "patch_probe_loss", "total_distillation_loss"]
+__all__ = ["attention_guidance_loss", "ce_loss", "kd_loss", "patch_probe_loss", "total_distillation_loss"]
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -82,3 +82,17 @@ def total_distillation_loss(
     if patch is not None:
         total = total + lambda_patch * patch
     return total
+
+
+def attention_guidance_loss(probes: torch.Tensor, class_probes: torch.Tensor) -> torch.Tensor:
+    r"""Generator attention loss: one minus the cosine between each image's probe and its class's probe, batch mean.
+
+    .. math:: L_{attn} = \frac{1}{N} \sum_{i=1}^{N} \left(1 - \cos(AP(G(z_i, y_i)), CAP_{y_i})\right)
+
+    Args:
+        probes: ``(N, P)`` CLS attention probes of the generated images (through the frozen teacher).
+        class_probes: ``(N, P)`` class attention probes of each image's conditioning class, ``CAP[y]``.
+    """
+    if probes.shape != class_probes.shape:
+        raise ValueError(f"probes {tuple(probes.shape)} and class probes {tuple(class_probes.shape)} differ")
+    return (1 - F.cosine_similarity(probes.float(), class_probes.float(), dim=-1)).mean()
