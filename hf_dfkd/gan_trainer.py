@@ -137,6 +137,8 @@ class GANTrainer:
         self.latent_dim = generator.config.latent_dim
         self.global_step = 0
         self.log_history: list[dict] = []
+        device = self.accelerator.device
+        self._rng_devices = [device.index or 0] if device.type == "cuda" else []
 
     # ---- checks --------------------------------------------------------------------------------------------------
 
@@ -236,7 +238,12 @@ class GANTrainer:
             self.generator.train()
             self.discriminator.train()
             for batch in loader:
-                for k, v in self.training_step(batch).items():
+                # randomness of a step (latents, labels, dropout) depends only on (seed, step, process), so a
+                # resumed run repeats exactly what an uninterrupted one does
+                with torch.random.fork_rng(devices=self._rng_devices):
+                    torch.manual_seed(((args.seed * 1_000_003 + self.global_step) * 1024 + acc.process_index) % 2**62)
+                    step_metrics = self.training_step(batch)
+                for k, v in step_metrics.items():
                     running.setdefault(k, []).append(v)
                 self.global_step += 1
                 progress.update(1)
