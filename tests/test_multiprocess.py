@@ -7,21 +7,25 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).parent / "scripts" / "distill_ddp.py"
+SCRIPTS = Path(__file__).parent / "scripts"
+LAUNCHER = shutil.which("accelerate") or str(Path(sys.executable).with_name("accelerate"))
+needs_launcher = pytest.mark.skipif(not Path(LAUNCHER).exists(), reason="accelerate CLI not installed")
 
 
-@pytest.mark.skipif(shutil.which("accelerate") is None and not Path(sys.executable).with_name("accelerate").exists(),
-                    reason="accelerate CLI not installed")
-def test_accelerate_launch_two_cpu_processes(tmp_path):
-    launcher = shutil.which("accelerate") or str(Path(sys.executable).with_name("accelerate"))
+def launch_two_processes(script: str, out_dir) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     # `--cpu` makes accelerate (1.15) use its single-process launcher; `--multi_gpu` starts torchrun, and the
-    # trainer (use_cpu=True) then joins a gloo process group on the CPU.
-    cmd = [launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", str(SCRIPT), str(tmp_path)]
+    # trainers (use_cpu=True) then join a gloo process group on the CPU.
+    cmd = [LAUNCHER, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", str(SCRIPTS / script), str(out_dir)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    result = json.loads((tmp_path / "result.json").read_text())
+    return json.loads((Path(out_dir) / "result.json").read_text())
+
+
+@needs_launcher
+def test_distillation_trainer_on_two_cpu_processes(tmp_path):
+    result = launch_two_processes("distill_ddp.py", tmp_path)
     assert result["world_size"] == 2
     assert result["teacher_unchanged"]
     assert result["train_logs"] and all("patch_loss" in h for h in result["train_logs"])
@@ -29,3 +33,12 @@ def test_accelerate_launch_two_cpu_processes(tmp_path):
     assert result["metrics"]["eval_accuracy"] == pytest.approx(result["expected_accuracy"], abs=1e-6)
     assert result["metrics"]["eval_agreement"] == pytest.approx(result["expected_agreement"], abs=1e-6)
     assert (tmp_path / "student" / "model.safetensors").exists()
+
+
+@needs_launcher
+def test_gan_trainer_on_two_cpu_processes(tmp_path):
+    result = launch_two_processes("gan_ddp.py", tmp_path)
+    assert result["world_size"] == 2
+    assert result["checksums"][0] == pytest.approx(result["checksums"][1], rel=1e-9)
+    assert [h["step"] for h in result["log"] if "d_loss" in h] == [1, 2, 3]
+    assert (tmp_path / "checkpoint-2").is_dir() and (tmp_path / "generator").is_dir()
