@@ -15,8 +15,9 @@ __all__ = ["ConditionalGenerator"]
 class ConditionalGenerator(ModelMixin, ConfigMixin):
     """``G(z, y)``: a label embedding concatenated to the latent, then four transposed convolutions.
 
-    ``latent ⊕ embed(y)`` (as a 1×1 map) → ``channels[0]`` at ``image_size/4`` → ×2 → ``channels[1]`` → ×2 →
-    ``channels[2]`` → ``num_channels`` (batch norm + ReLU after all but the last, ``tanh`` output in [-1, 1]).
+    ``latent ⊕ embed(y)`` (as a 1×1 map) → ``channels[0]`` at ``⌈image_size/8⌉`` → ×2 → ``channels[1]`` at
+    ``image_size/4`` → ×2 → ``channels[2]`` → ×2 → ``num_channels`` at ``image_size`` (batch norm + ReLU after all
+    but the last, ``tanh`` output in [-1, 1]); e.g. 4 → 7 → 14 → 28 for MNIST, 4 → 8 → 16 → 32 for CIFAR-10.
     With the defaults (512, 256, 128) this is the paper's generator; ``image_size`` and ``num_channels`` follow the
     teacher's config (8×8 digits, 28×28×1, 32×32×3 all work; any size divisible by 4).
 
@@ -39,18 +40,22 @@ class ConditionalGenerator(ModelMixin, ConfigMixin):
         if len(channels) != 3:
             raise ValueError(f"channels must list the 3 hidden widths, e.g. (512, 256, 128); got {channels}")
         c0, c1, c2 = channels
+        quarter = image_size // 4
+        base = (quarter + 1) // 2
+        # a stride-2 transposed conv (padding 1) gives 2n with kernel 4, 2n - 1 with kernel 3 (7 from 4 for MNIST)
+        second_kernel = 4 if quarter == 2 * base else 3
         self.label_embedding = nn.Embedding(num_classes, embedding_dim)
         self.net = nn.Sequential(
-            nn.ConvTranspose2d(latent_dim + embedding_dim, c0, image_size // 4, 1, 0, bias=False),
+            nn.ConvTranspose2d(latent_dim + embedding_dim, c0, base, 1, 0, bias=False),
             nn.BatchNorm2d(c0),
             nn.ReLU(inplace=True),
-            nn.ConvTranspose2d(c0, c1, 4, 2, 1, bias=False),
+            nn.ConvTranspose2d(c0, c1, second_kernel, 2, 1, bias=False),
             nn.BatchNorm2d(c1),
             nn.ReLU(inplace=True),
             nn.ConvTranspose2d(c1, c2, 4, 2, 1, bias=False),
             nn.BatchNorm2d(c2),
             nn.ReLU(inplace=True),
-            nn.ConvTranspose2d(c2, num_channels, 3, 1, 1),
+            nn.ConvTranspose2d(c2, num_channels, 4, 2, 1),
             nn.Tanh(),
         )
 
