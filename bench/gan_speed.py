@@ -56,10 +56,8 @@ def generator_steps(patch: int, attn: str, batch: int, steps: int, warmup: int) 
         start = time.perf_counter()
         fake = g(z, y)
         adv = F.binary_cross_entropy_with_logits(d(fake, y), torch.ones(batch))
-        if probe is not None:
-            with probe:
-                teacher(pixel_values=fake)
-                ap = probe.probe
+        if probe is not None:  # as GANTrainer does: the teacher runs only up to the probed layer
+            ap = probe.probe_only(fake)
         else:
             ap = teacher(pixel_values=fake, output_attentions=True).attentions[-1][:, :, 0, 1:].mean(1)
         loss = adv + attention_guidance_loss(ap, caps[y])

@@ -157,6 +157,10 @@ def default_layer_pairs(num_student_layers: int, num_teacher_layers: int) -> lis
     ]
 
 
+class _ProbeComplete(Exception):
+    """Raised by a hook to end a forward pass once every probed layer's keys are known."""
+
+
 class CLSAttentionProbe:
     """CLS-row attention probe read from a layer's query/key projections by forward hooks.
 
@@ -212,15 +216,26 @@ class CLSAttentionProbe:
     def __exit__(self, *exc) -> None:
         self.detach()
 
-    def attach(self) -> None:
-        """Register the hooks (``with probe:`` does this for you)."""
+    def attach(self, stop_early: bool = False) -> None:
+        """Register the hooks (``with probe:`` does this for you).
+
+        With ``stop_early`` the forward pass is cut short (see :meth:`probe_only`) once the deepest probed layer's
+        keys are captured.
+        """
         self.detach()
         self._q.clear()
         self._k.clear()
+        last = len(self._attentions) - 1 if not stop_early else max(range(len(self.layers)), key=self.layers.__getitem__)
+
+        def keep_keys(i, out):
+            self._k[i] = out
+            if stop_early and i == last and len(self._k) == len(self._attentions):
+                raise _ProbeComplete
+
         for i, attn in enumerate(self._attentions):
             # only the CLS query is kept: the one row of the attention map we need
             self._handles.append(attn.q_proj.register_forward_hook(lambda m, a, out, i=i: self._q.__setitem__(i, out[:, 0])))
-            self._handles.append(attn.k_proj.register_forward_hook(lambda m, a, out, i=i: self._k.__setitem__(i, out)))
+            self._handles.append(attn.k_proj.register_forward_hook(lambda m, a, out, i=i: keep_keys(i, out)))
 
     def detach(self) -> None:
         """Remove the hooks and drop the captured tensors."""
@@ -247,6 +262,21 @@ class CLSAttentionProbe:
         if self.head_reduction == "max":
             return row.amax(dim=1)
         return row
+
+    def probe_only(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The probe of ``pixel_values``, running the model only up to the deepest probed layer's key projection.
+
+        Skips the rest of that block, any later block and the head (and their backward pass): the cheapest way to
+        get a differentiable probe when the logits are not needed, e.g. in the generator's attention loss.
+        """
+        self.attach(stop_early=True)
+        try:
+            self.model(pixel_values=pixel_values)
+        except _ProbeComplete:
+            pass
+        finally:
+            self.detach()
+        return self.probe
 
     def __call__(self, pixel_values: torch.Tensor, **kwargs):
         """Run the model on ``pixel_values`` with the hooks attached; returns ``(probe, outputs)``."""

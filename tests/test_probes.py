@@ -42,6 +42,24 @@ def test_hooked_cls_probe_equals_eager_attentions(deit):
     assert torch.allclose(avg_probe, reference[[0, 2]].mean(0).mean(1), atol=1e-5)
 
 
+def test_probe_only_stops_early_with_the_same_values():
+    model = tiny_vit(layers=3).eval()
+    x = torch.randn(2, 1, 8, 8)
+    blocks = model.base_model.layers
+    ran = []
+    blocks[2].mlp.register_forward_hook(lambda *a: ran.append("mlp of the last block"))
+    model.classifier.register_forward_hook(lambda *a: ran.append("classifier"))
+    full, _ = CLSAttentionProbe(model, layer=-1)(x)
+    assert ran == ["mlp of the last block", "classifier"]
+    ran.clear()
+    probe = CLSAttentionProbe(model, layer=[0, 2])
+    early = probe.probe_only(x)
+    assert ran == []  # neither the rest of the last block nor the head ran
+    assert torch.allclose(early, CLSAttentionProbe(model, layer=[0, 2])(x)[0], atol=1e-6)
+    assert torch.allclose(CLSAttentionProbe(model).probe_only(x), full, atol=1e-6)
+    assert not any(m._forward_hooks for m in model.modules() if m not in (blocks[2].mlp, model.classifier))
+
+
 def test_hooked_probe_is_differentiable_and_detaches():
     model = tiny_vit().eval().requires_grad_(False)
     x = torch.randn(2, 1, 8, 8, requires_grad=True)
