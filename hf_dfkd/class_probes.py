@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from .data import batch_pixel_values
 from .probes import CLSAttentionProbe, HeadReduction, get_encoder_layers, patch_grid
 
 __all__ = ["CLASS_PROBES_FILE", "ClassAttentionProbes", "compute_class_attention_probes"]
@@ -148,10 +149,7 @@ def compute_class_attention_probes(
     counts = torch.zeros(num_classes, dtype=torch.long)
     for start in tqdm(range(0, len(dataset), batch_size), desc="Class attention probes", disable=not show_progress):
         batch = dataset[start : start + batch_size]
-        inputs = transform(batch) if transform is not None else batch
-        pixel_values = inputs["pixel_values"]
-        if not torch.is_tensor(pixel_values):
-            pixel_values = torch.stack([torch.as_tensor(x) for x in pixel_values])
+        pixel_values = batch_pixel_values(batch, transform)
         labels = torch.as_tensor(batch[label_column])
         ap, outputs = probe(pixel_values.to(device))
         ap, predictions = ap.float().cpu(), outputs.logits.argmax(-1).cpu()

@@ -11,7 +11,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 from PIL import Image as PILImage
 from torch import nn
 
-__all__ = ["ImageTransform", "TeacherInputAdapter", "load_digits_dataset"]
+__all__ = ["ImageTransform", "TeacherInputAdapter", "batch_pixel_values", "load_digits_dataset"]
 
 
 def load_digits_dataset(test_size: float = 0.2, seed: int = 0) -> DatasetDict:
@@ -39,6 +39,15 @@ def load_digits_dataset(test_size: float = 0.2, seed: int = 0) -> DatasetDict:
         )
 
     return DatasetDict({"train": split(idx_train), "test": split(idx_test)})
+
+
+def batch_pixel_values(batch: dict, transform=None) -> torch.Tensor:
+    """``(B, C, H, W)`` pixel values of a raw dataset batch, through ``transform`` when given."""
+    inputs = transform(batch) if transform is not None else batch
+    pixel_values = inputs["pixel_values"]
+    if not torch.is_tensor(pixel_values):
+        pixel_values = torch.stack([torch.as_tensor(x) for x in pixel_values])
+    return pixel_values
 
 
 class ImageTransform:

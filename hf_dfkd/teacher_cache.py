@@ -15,6 +15,7 @@ from datasets import Array2D, Dataset, Features, Sequence as SequenceFeature, Va
 from datasets.fingerprint import Hasher
 from torch import nn
 
+from .data import batch_pixel_values
 from .probes import num_prefix_tokens, patch_probes_from_hidden_states
 
 __all__ = ["TEACHER_LOGITS_COLUMN", "TEACHER_PROBES_COLUMN", "add_teacher_outputs"]
@@ -74,10 +75,7 @@ def add_teacher_outputs(
             raise ValueError(f"teacher_layers {bad} out of range: the teacher has blocks 1..{depth}")
 
     def compute(batch: dict) -> dict:
-        inputs = transform(batch) if transform is not None else batch
-        pixel_values = inputs["pixel_values"]
-        if not torch.is_tensor(pixel_values):
-            pixel_values = torch.stack([torch.as_tensor(x) for x in pixel_values])
+        pixel_values = batch_pixel_values(batch, transform)
         with torch.inference_mode():
             out = teacher(pixel_values=pixel_values.to(device), output_hidden_states=bool(layers))
         result = {TEACHER_LOGITS_COLUMN: out.logits.float().cpu().numpy()}
