@@ -9,6 +9,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from .init import dcgan_init
+
 __all__ = ["ConditionalDiscriminator"]
 
 
@@ -46,6 +48,7 @@ class ConditionalDiscriminator(ModelMixin, ConfigMixin):
             nn.Dropout(dropout),
             nn.Conv2d(c2, 1, image_size // 4, 1, 0),
         )
+        self.apply(dcgan_init)
 
     def forward(self, images: torch.Tensor, class_labels: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` images in [-1, 1] and ``(B,)`` labels → ``(B,)`` real/fake logits."""

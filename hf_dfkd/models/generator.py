@@ -9,6 +9,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from .init import dcgan_init
+
 __all__ = ["ConditionalGenerator"]
 
 
@@ -58,6 +60,7 @@ class ConditionalGenerator(ModelMixin, ConfigMixin):
             nn.ConvTranspose2d(c2, num_channels, 4, 2, 1),
             nn.Tanh(),
         )
+        self.apply(dcgan_init)
 
     def forward(self, latents: torch.Tensor, class_labels: torch.Tensor) -> torch.Tensor:
         """``(B, latent_dim)`` latents and ``(B,)`` labels → ``(B, num_channels, image_size, image_size)`` in [-1, 1]."""
