@@ -347,14 +347,17 @@ class GANTrainer:
         plot_curves(self.log_history, os.path.join(out, "gan_curves.png"))
 
 
-def plot_curves(log_history: list[dict], path: str) -> None:
-    """Plot D loss, adversarial loss, attention loss and teacher accuracy against steps (PNG)."""
+GAN_CURVES = ("d_loss", "adv_loss", "attn_loss", "eval_attn_loss", "eval_teacher_accuracy")
+
+
+def plot_curves(log_history: list[dict], path: str, keys: tuple[str, ...] = GAN_CURVES) -> None:
+    """Plot the logged ``keys`` (default: D loss, adversarial and attention losses, teacher accuracy) against steps
+    as one PNG; keys never logged are left out."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = ["d_loss", "adv_loss", "attn_loss", "eval_attn_loss", "eval_teacher_accuracy"]
     present = [k for k in keys if any(k in h for h in log_history)]
     if not present:
         return

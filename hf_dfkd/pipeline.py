@@ -18,6 +18,7 @@ from PIL import Image as PILImage
 from transformers import PreTrainedModel
 
 from .data import TeacherInputAdapter
+from .hub import dataset_card, write_sidecar
 from .models import ConditionalGenerator
 
 __all__ = ["SyntheticImagePipeline", "balanced_labels"]
@@ -173,7 +174,7 @@ class SyntheticImagePipeline(DiffusionPipeline):
             raise FileExistsError(f"{output_dir} exists: choose another folder or pass overwrite=True")
         if teacher_logits and self.teacher is None:
             raise ValueError("teacher_logits=True needs a pipeline with a teacher component")
-        labels = balanced_labels(num_images, self.num_classes)
+        balanced_labels(num_images, self.num_classes)  # validates num_images before any work
         features = {"image": Image(), "label": ClassLabel(names=self.class_names)}
         if teacher_logits:
             features["teacher_logits"] = SequenceFeature(Value("float32"), length=self.num_classes)
@@ -193,9 +194,14 @@ class SyntheticImagePipeline(DiffusionPipeline):
             )
             staged = os.path.join(work, "dataset")
             dataset.save_to_disk(staged)
-            counts = np.bincount(labels, minlength=self.num_classes).tolist()
-            with open(os.path.join(staged, "README.md"), "w") as f:
-                f.write(self._dataset_card(num_images, counts, seed, teacher_logits, quality))
+            info = self.dataset_info(num_images, seed, teacher_logits, quality)
+            if teacher_logits:  # free with the logits: how often the teacher sees the conditioning class
+                columns = dataset.select_columns(["teacher_logits", "label"]).with_format("numpy")[:]
+                agree = columns["teacher_logits"].argmax(-1) == columns["label"]
+                info["quality"] = {"teacher accuracy on the images (vs their class)": round(float(agree.mean()), 4),
+                                   **info["quality"]}
+            write_sidecar(staged, **info)
+            dataset_card(info).save(os.path.join(staged, "README.md"))
             if os.path.exists(output_dir):
                 shutil.rmtree(output_dir)
             os.replace(staged, output_dir)
@@ -232,46 +238,23 @@ class SyntheticImagePipeline(DiffusionPipeline):
     def _generator_checksum(self) -> str:
         return Hasher.hash([float(p.double().sum()) for p in self.image_generator.state_dict().values()])
 
-    def _dataset_card(self, num_images, counts, seed, teacher_logits, quality) -> str:
-        from huggingface_hub import DatasetCard, DatasetCardData
-
-        teacher = getattr(self.teacher.config, "_name_or_path", None) if self.teacher is not None else None
+    def dataset_info(self, num_images: int, seed: int, teacher_logits: bool, quality: dict | None) -> dict:
+        """What the dataset card and the sidecar ``hf_dfkd.json`` of a written dataset say about it."""
         g = self.image_generator.config
-        data = DatasetCardData(
-            license="other",
-            task_categories=["image-classification"],
-            tags=["synthetic", "hf_dfkd", "data-free-knowledge-distillation", f"mode-{self.config.mode}"],
-            size_categories=["n<1K" if num_images < 1000 else "1K<n<10K" if num_images < 10_000 else
-                             "10K<n<100K" if num_images < 100_000 else "100K<n<1M"],
-        )
-        counts_table = "\n".join(f"| {name} | {n} |" for name, n in zip(self.class_names, counts))
-        quality_lines = "\n".join(f"- {k}: {v}" for k, v in (quality or {}).items()) or "- not measured"
-        content = f"""---
-{data.to_yaml()}
----
-
-# Synthetic images made by hf_dfkd
-
-{num_images} class-conditional synthetic images, balanced over {len(counts)} classes, made by a conditional GAN
-generator (`{json.dumps({k: g[k] for k in ('image_size', 'num_channels', 'latent_dim', 'num_classes')})}`) with
-`SyntheticImagePipeline.write_dataset(seed={seed})`.
-
-- **Mode**: `{self.config.mode}` — the generator was trained by the data owner on real images (conditional GAN,
-  guided by the teacher's class attention probes). No real image is in this dataset.
-- **Teacher**: `{teacher or 'not recorded'}`
-- **Columns**: `image`, `label`{", `teacher_logits` (the teacher's logits on each image, for the distillation cache)" if teacher_logits else ""}
-
-## Images per class
-
-| class | images |
-|---|---|
-{counts_table}
-
-## Quality
-
-{quality_lines}
-"""
-        return str(DatasetCard(content))
+        return {
+            "mode": self.config.mode,
+            "teacher": (getattr(self.teacher.config, "_name_or_path", None) or self.teacher.config.model_type)
+            if self.teacher is not None else None,
+            "generator": getattr(self, "name_or_path", None) or f"ConditionalGenerator({g.image_size}x{g.image_size})",
+            "num_images": num_images,
+            "seed": seed,
+            "class_names": self.class_names,
+            "counts": np.bincount(balanced_labels(num_images, self.num_classes), minlength=self.num_classes).tolist(),
+            "image_size": g.image_size,
+            "num_channels": g.num_channels,
+            "teacher_logits": teacher_logits,
+            "quality": quality or {},
+        }
 
 
 def _to_pil(array: np.ndarray) -> PILImage.Image:

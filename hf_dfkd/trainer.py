@@ -8,11 +8,12 @@ from collections.abc import Callable
 import torch
 from datasets import Dataset
 from torch import nn
-from transformers import AutoModelForImageClassification, PreTrainedModel, Trainer, default_data_collator
+from transformers import PreTrainedModel, Trainer, default_data_collator
 from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.trainer_utils import get_last_checkpoint
 
 from .config import DistillationConfig
+from .io import load_classifier
 from .losses import ce_loss, kd_loss, patch_probe_loss, total_distillation_loss
 from .probes import (
     default_layer_pairs,
@@ -30,15 +31,6 @@ _COMPONENTS = ("kd_loss", "ce_loss", "patch_loss", "total_loss")
 
 class NonFiniteLossError(RuntimeError):
     """The distillation loss became NaN or infinite; training stopped before the bad update."""
-
-
-def _load_classifier(model: str | PreTrainedModel, role: str) -> PreTrainedModel:
-    if isinstance(model, str):
-        # float32: v5's from_pretrained defaults to dtype="auto", which may give a half-precision model to train
-        return AutoModelForImageClassification.from_pretrained(model, dtype=torch.float32)
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"{role} must be a model or a Hub id / local folder, got {type(model).__name__}")
-    return model
 
 
 def _id2label(config) -> dict[int, str]:
@@ -126,8 +118,8 @@ class DistillationTrainer(Trainer):
             raise ValueError("DistillationTrainer needs a teacher_model= (a model or a Hub id / local folder)")
         if model is None:
             raise ValueError("DistillationTrainer needs a student model= (a model or a Hub id / local folder)")
-        model = _load_classifier(model, "model")
-        teacher = _load_classifier(teacher_model, "teacher_model")
+        model = load_classifier(model, "model")
+        teacher = load_classifier(teacher_model, "teacher_model")
         _check_label_sets(model, teacher)
         self._setup_patch_probe(model, teacher, args)
 

@@ -1,6 +1,7 @@
-"""diffusers-style model components of the conditional GAN."""
+"""Model builders: the conditional GAN's diffusers components and ViT/DeiT classifiers from sizes."""
 
+from .classifiers import build_classifier
 from .discriminator import ConditionalDiscriminator
 from .generator import ConditionalGenerator
 
-__all__ = ["ConditionalDiscriminator", "ConditionalGenerator"]
+__all__ = ["ConditionalDiscriminator", "ConditionalGenerator", "build_classifier"]
