@@ -25,7 +25,7 @@ from transformers import default_data_collator
 
 from .class_probes import ClassAttentionProbes
 from .data import TeacherInputAdapter
-from .losses import attention_guidance_loss
+from .losses import attention_guidance_loss, mode_seeking_loss
 from .models import ConditionalDiscriminator, ConditionalGenerator
 from .probes import CLSAttentionProbe
 
@@ -44,6 +44,8 @@ class GANConfig:
 
     output_dir: str = field(metadata={"help": "Where checkpoints, sample grids, curves and the final models go."})
     lambda_attn: float = field(default=1.0, metadata={"help": "Weight of the attention loss; 0 = vanilla cGAN."})
+    lambda_diversity: float = field(default=0.2, metadata={
+        "help": "Weight of the mode-seeking loss (MSGAN) against one-image-per-class collapse; 0 = the paper's loss."})
     num_train_epochs: int = field(default=10, metadata={"help": "Epochs over the real images."})
     max_steps: int = field(default=-1, metadata={"help": "If > 0: total steps, overriding num_train_epochs."})
     batch_size: int = field(default=64, metadata={"help": "Real images per step and process (as many fakes)."})
@@ -71,8 +73,9 @@ class GANConfig:
     disable_tqdm: bool = field(default=False, metadata={"help": "No progress bar."})
 
     def __post_init__(self):
-        if self.lambda_attn < 0:
-            raise ValueError(f"lambda_attn must be >= 0, got {self.lambda_attn}")
+        for name in ("lambda_attn", "lambda_diversity"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
@@ -191,7 +194,12 @@ class GANTrainer:
         real, real_labels = batch["pixel_values"], batch["labels"]
         b, device = real.shape[0], real.device
         latents = torch.randn(b, self.latent_dim, device=device)
-        labels = torch.randint(0, self.num_classes, (b,), device=device)
+        diversity = self.args.lambda_diversity > 0 and b >= 2
+        if diversity:  # fakes in pairs of one class and two latents: the mode-seeking loss compares them
+            half = torch.randint(0, self.num_classes, (b // 2,), device=device)
+            labels = torch.cat([half, half, torch.randint(0, self.num_classes, (b % 2,), device=device)])
+        else:
+            labels = torch.randint(0, self.num_classes, (b,), device=device)
         fake = self.generator(latents, labels)
 
         # discriminator: real -> 1, fake -> 0, one forward over both
@@ -213,6 +221,11 @@ class GANTrainer:
             attn = attention_guidance_loss(probes, self.cap[labels])
             g_loss = adv + self.args.lambda_attn * attn
             metrics["attn_loss"] = attn
+        if diversity:
+            h = b // 2
+            ms = mode_seeking_loss(fake[:h], fake[h : 2 * h], latents[:h], latents[h : 2 * h])
+            g_loss = g_loss + self.args.lambda_diversity * ms
+            metrics["diversity_loss"] = ms
         metrics["g_loss"] = g_loss
         self._check_finite("generator", g_loss)
         self.g_optimizer.zero_grad(set_to_none=True)
@@ -347,7 +360,7 @@ class GANTrainer:
         plot_curves(self.log_history, os.path.join(out, "gan_curves.png"))
 
 
-GAN_CURVES = ("d_loss", "adv_loss", "attn_loss", "eval_attn_loss", "eval_teacher_accuracy")
+GAN_CURVES = ("d_loss", "adv_loss", "attn_loss", "diversity_loss", "eval_attn_loss", "eval_teacher_accuracy")
 
 
 def plot_curves(log_history: list[dict], path: str, keys: tuple[str, ...] = GAN_CURVES) -> None:

@@ -8,7 +8,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["attention_guidance_loss", "ce_loss", "kd_loss", "patch_probe_loss", "total_distillation_loss"]
+__all__ = [
+    "attention_guidance_loss",
+    "ce_loss",
+    "kd_loss",
+    "mode_seeking_loss",
+    "patch_probe_loss",
+    "total_distillation_loss",
+]
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -96,3 +103,19 @@ def attention_guidance_loss(probes: torch.Tensor, class_probes: torch.Tensor) ->
     if probes.shape != class_probes.shape:
         raise ValueError(f"probes {tuple(probes.shape)} and class probes {tuple(class_probes.shape)} differ")
     return (1 - F.cosine_similarity(probes.float(), class_probes.float(), dim=-1)).mean()
+
+
+def mode_seeking_loss(images_a: torch.Tensor, images_b: torch.Tensor, latents_a: torch.Tensor,
+                      latents_b: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    r"""Mode-seeking loss of a conditional generator (Mao et al., 2019, "MSGAN"): the inverse of how far two latents
+    of the same class move the image, relative to how far apart the latents are.
+
+    .. math:: L_{ms} = \left( \frac{\operatorname{mean}|G(z_a, y) - G(z_b, y)|}{\operatorname{mean}|z_a - z_b|}
+              + \epsilon \right)^{-1}
+
+    Minimising it keeps the generator from ignoring its latent (one image per class, "mode collapse"), which a
+    class-conditional GAN trained on a small set or for few epochs falls into; a synthetic set without variety
+    within classes teaches a student little.
+    """
+    ratio = (images_a - images_b).abs().float().mean() / (latents_a - latents_b).abs().float().mean()
+    return 1 / (ratio + eps)

@@ -198,3 +198,24 @@ def test_non_finite_loss_stops_and_names_it(tmp_path, digits):
         trainer.train()
     saved = load_file(str(tmp_path / "checkpoint-2" / "model_1.safetensors"))
     assert all(torch.isfinite(v).all() for v in saved.values())
+
+
+def test_diversity_loss_pairs_latents_of_one_class_and_is_optional(tmp_path, digits):
+    trainer = gan_trainer(tmp_path / "on", digits, lambda_diversity=0.5, max_steps=2)
+    seen = {}
+    original = trainer.generator.forward
+
+    def spy(latents, labels):
+        seen.setdefault("labels", labels.clone())  # the first call is the training step
+        return original(latents, labels)
+
+    trainer.generator.forward = spy
+    trainer.train()
+    h = len(seen["labels"]) // 2
+    assert torch.equal(seen["labels"][:h], seen["labels"][h : 2 * h])  # pairs: same class, two latents
+    assert all("diversity_loss" in e for e in trainer.log_history if "d_loss" in e)
+    off = gan_trainer(tmp_path / "off", digits, lambda_diversity=0.0, max_steps=2)
+    off.train()
+    assert not any("diversity_loss" in e for e in off.log_history)
+    with pytest.raises(ValueError, match="lambda_diversity must be >= 0"):
+        GANConfig(str(tmp_path), lambda_diversity=-1.0)

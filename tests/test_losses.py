@@ -57,3 +57,15 @@ def test_total_loss_weights():
     kd, ce, patch = torch.tensor(2.0), torch.tensor(3.0), torch.tensor(5.0)
     assert math.isclose(total_distillation_loss(kd, ce, patch, 0.5, 2.0, 10.0).item(), 1 + 6 + 50)
     assert math.isclose(total_distillation_loss(kd, ce, None, 1.0, 1.0, 10.0).item(), 5.0)
+
+
+def test_mode_seeking_loss_equals_formula_and_punishes_collapse():
+    from hf_dfkd.losses import mode_seeking_loss
+
+    g = torch.Generator().manual_seed(5)
+    a, b = torch.randn(6, 1, 8, 8, generator=g), torch.randn(6, 1, 8, 8, generator=g)
+    za, zb = torch.randn(6, 16, generator=g), torch.randn(6, 16, generator=g)
+    expected = 1 / ((a - b).abs().mean() / (za - zb).abs().mean() + 1e-5)
+    assert torch.allclose(mode_seeking_loss(a, b, za, zb), expected)
+    # one image per class whatever the latent (mode collapse) is what the loss is there to prevent
+    assert mode_seeking_loss(a, a.clone(), za, zb) > 1e4 > mode_seeking_loss(a, b, za, zb)
