@@ -2,7 +2,7 @@
 """The paper's cGAN ablation on MNIST: vanilla (λ_attn = 0) vs attention-guided, same steps, same seeds.
 
     # reduced CPU protocol (what BENCHMARKS.md reports for a 2-core CPU)
-    python bench/mnist_gan_ablation.py --dataset ../shared/datasets/mnist --max_steps 400 --samples 2000
+    python bench/mnist_gan_ablation.py --dataset ../shared/datasets/mnist --gan_epochs 1 --samples 2000
     # the paper-scale protocol, for a GPU
     python bench/mnist_gan_ablation.py --dataset ../shared/datasets/mnist --gan_epochs 50 --samples 10000 \
         --teacher_epochs 10 --teacher_hidden 512 --teacher_layers 3
@@ -58,6 +58,8 @@ def main() -> None:
     p.add_argument("--max_steps", type=int, default=-1, help="GAN steps (overrides --gan_epochs when > 0)")
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--lambda_attn", type=float, default=1.0)
+    p.add_argument("--lambda_diversity", type=float, default=0.0,
+                   help="mode-seeking loss weight for both GANs (0: the paper's generator loss)")
     p.add_argument("--samples", type=int, default=2000, help="generated (and real test) images for FID")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip_inception", action="store_true", help="teacher-feature FID only")
@@ -131,7 +133,7 @@ def main() -> None:
         torch.manual_seed(args.seed)
         g = ConditionalGenerator(num_classes=10, image_size=28, num_channels=1)
         d = ConditionalDiscriminator(num_classes=10, image_size=28, num_channels=1)
-        config = GANConfig(out, lambda_attn=lam, num_train_epochs=args.gan_epochs, max_steps=args.max_steps,
+        config = GANConfig(out, lambda_attn=lam, lambda_diversity=args.lambda_diversity, num_train_epochs=args.gan_epochs, max_steps=args.max_steps,
                            batch_size=args.batch_size, seed=args.seed, eval_steps=max(1, args.max_steps // 4) if args.max_steps > 0 else 1000,
                            save_steps=0, logging_steps=25, disable_tqdm=False)
         trainer = GANTrainer(teacher, g, d, config, train, class_probes=caps if lam > 0 else None)

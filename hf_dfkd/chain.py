@@ -302,6 +302,8 @@ class ChainArguments:
     probe_layer: int = field(default=-1, metadata={"help": "Teacher block of the CLS attention probe (-1: last)."})
     # GAN
     lambda_attn: float = field(default=1.0, metadata={"help": "Weight of the attention loss (0: vanilla cGAN)."})
+    lambda_diversity: float = field(default=0.2, metadata={
+        "help": "Weight of the mode-seeking loss that keeps variety within classes (0: the paper's generator loss)."})
     gan_epochs: float = field(default=1, metadata={"help": "GAN epochs over the real train split."})
     gan_steps: int = field(default=-1, metadata={"help": "If > 0: GAN steps, overriding gan_epochs."})
     gan_batch_size: int = field(default=64, metadata={"help": "Real (and fake) images per GAN step."})
@@ -412,7 +414,7 @@ def run_chain(args: ChainArguments) -> dict:
     def make_pipeline():
         steps = args.gan_steps if args.gan_steps > 0 else round(
             args.gan_epochs * (len(train) // (args.gan_batch_size * state.num_processes)))
-        config = GANConfig(gan_dir, lambda_attn=args.lambda_attn, max_steps=steps, batch_size=args.gan_batch_size,
+        config = GANConfig(gan_dir, lambda_attn=args.lambda_attn, lambda_diversity=args.lambda_diversity, max_steps=steps, batch_size=args.gan_batch_size,
                            learning_rate=args.gan_learning_rate, seed=args.seed, use_cpu=args.use_cpu,
                            logging_steps=50, eval_steps=max(1, steps // 5), save_steps=max(1, steps // 5),
                            save_total_limit=1)
@@ -455,12 +457,12 @@ def run_chain(args: ChainArguments) -> dict:
 
     stage("data-free student", student_dir, lambda p: None, make_student, everyone=True)
 
-    # 6. evaluation of both on the real held-out split (the main process; the others are done)
+    # 6. evaluation of both on the real held-out split, on the main process
+    results = stage("evaluation", None, lambda p: {}, lambda: evaluate_student(
+        student_dir, teacher, test, dataset_name=args.dataset_name, split=args.test_split,
+        image_column=args.image_column, label_column=args.label_column))
     if not state.is_main_process:
-        return {}
-    results = stage("evaluation", None, None, lambda: evaluate_student(student_dir, teacher, test, dataset_name=args.dataset_name,
-                                             split=args.test_split, image_column=args.image_column,
-                                             label_column=args.label_column))
+        return results
     timings = json.load(open(timings_path))
     results = {
         "mode": pipe.config.mode,

@@ -37,7 +37,7 @@ from .io import check_image_dataset, load_classifier, load_image_dataset
 from .models import build_classifier
 from .pipeline import SyntheticImagePipeline
 
-__all__ = ["main"]
+__all__ = ["main", "parse_arguments"]
 
 
 @dataclass
@@ -258,28 +258,49 @@ def _read_config(path: str) -> dict:
     return data
 
 
-def _parse(name: str, argv: list[str]):
-    help_text, types, _, defaults = COMMANDS[name]
-    parser = HfArgumentParser(types, prog=f"hf-dfkd {name}", description=help_text)
+def _pop_option(argv: list[str], option: str) -> tuple[str | None, list[str]]:
+    if option not in argv:
+        return None, argv
+    i = argv.index(option)
+    if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
+        raise ValueError(f"{option} needs a value")
+    return argv[i + 1], argv[:i] + argv[i + 2:]
+
+
+def parse_arguments(types: tuple, argv: Sequence[str], *, defaults: dict | None = None,
+                    presets: dict[str, dict] | None = None, default_preset: str | None = None,
+                    prog: str | None = None, description: str | None = None) -> tuple:
+    """Parse ``argv`` into the dataclasses ``types`` with ``HfArgumentParser``, with layered defaults.
+
+    From weakest to strongest: the dataclasses' defaults, ``defaults``, the chosen ``--preset NAME`` (one of
+    ``presets``), a ``--config FILE`` (YAML or JSON), and the command line. Unknown keys in a config file are an
+    error that names them.
+    """
+    argv = list(argv)
+    parser = HfArgumentParser(types, prog=prog, description=description)
     parser.add_argument("--config", default=None, help="YAML or JSON file of arguments (the command line wins).")
-    config_path = None
-    if "--config" in argv:
-        i = argv.index("--config")
-        if i + 1 >= len(argv):
-            raise ValueError("--config needs a file name")
-        config_path = argv[i + 1]
-        argv = argv[:i] + argv[i + 2:]
-    values = {**defaults, **(_read_config(config_path) if config_path else {})}
-    known = {action.dest for action in parser._actions}
-    unknown = sorted(set(values) - known)
+    config_path, argv = _pop_option(argv, "--config")
+    values = dict(defaults or {})
+    if presets:
+        parser.add_argument("--preset", choices=sorted(presets), default=default_preset,
+                            help=f"Settings for a machine (default: {default_preset}).")
+        preset, argv = _pop_option(argv, "--preset")
+        preset = preset or default_preset
+        if preset not in presets:
+            raise ValueError(f"unknown --preset {preset!r}; the presets are {sorted(presets)}")
+        values.update(presets[preset])
+    config = _read_config(config_path) if config_path else {}
+    fields = {f for t in types for f in t.__dataclass_fields__}
+    unknown = sorted(set(config) - fields)
     if unknown:
-        raise ValueError(f"unknown arguments {unknown} in --config {config_path}; `hf-dfkd {name} -h` lists them")
+        raise ValueError(f"unknown arguments {unknown} in --config {config_path}; -h lists them")
+    values.update(config)
     parser.set_defaults(**values)
     for action in parser._actions:
         if action.dest in values:
-            action.required = False  # given by the config file
-    # the last item is the namespace of --config, already read above
-    return parser.parse_args_into_dataclasses(argv)[: len(types)]
+            action.required = False  # given by a preset or the config file
+    # the extra namespace holds --config/--preset, already read above
+    return tuple(parser.parse_args_into_dataclasses(argv)[: len(types)])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -295,8 +316,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     name, rest = argv[0], argv[1:]
     try:
-        parsed = _parse(name, rest)
-        COMMANDS[name][2](*parsed)
+        help_text, types, run, defaults = COMMANDS[name]
+        run(*parse_arguments(types, rest, defaults=defaults, prog=f"hf-dfkd {name}", description=help_text))
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"hf-dfkd {name}: error: {err}", file=sys.stderr)
         return 2

@@ -21,11 +21,11 @@ DEMO_DEFAULTS: dict = {
     "teacher_model_type": "vit", "teacher_patch_size": 2, "teacher_hidden_size": 96, "teacher_layers": 4,
     "teacher_heads": 4, "teacher_epochs": 30, "teacher_batch_size": 64,
     # GAN: the paper's architecture, narrower for 8x8 images
-    "generator_channels": [128, 64, 32], "gan_steps": 1500, "gan_batch_size": 64,
+    "generator_channels": [128, 64, 32], "gan_steps": 4000, "gan_batch_size": 64,
     "num_synthetic": 10_000,
     # student: DeiT, about a tenth of the teacher
     "student_model_type": "deit", "student_patch_size": 2, "student_hidden_size": 32, "student_layers": 3,
-    "student_heads": 2, "student_epochs": 10, "student_learning_rate": 4e-3, "student_batch_size": 128,
+    "student_heads": 2, "student_epochs": 100, "student_learning_rate": 4e-3, "student_batch_size": 128,
 }
 
 
