@@ -30,7 +30,8 @@ from .config import DistillationConfig
 from .data import ImageTransform
 from .evaluation import evaluate_classifiers
 from .gan_trainer import GANConfig, GANTrainer, plot_curves
-from .hub import pipeline_card, read_sidecar, student_card, write_sidecar
+from .hub import dataset_card, pipeline_card, read_sidecar, student_card, write_sidecar
+from .metrics import TeacherFeatures, compute_statistics, frechet_distance, image_batches
 from .io import EMBEDDED_DIGITS, atomic_folder, check_image_dataset, class_names, load_classifier, load_image_dataset, require_columns
 from .models import ConditionalDiscriminator, ConditionalGenerator, build_classifier
 from .pipeline import SyntheticImagePipeline
@@ -63,7 +64,8 @@ def image_transform_for(model: PreTrainedModel, image_column: str = "image") -> 
             config = json.load(f)
         mean, std = config.get("image_mean", mean), config.get("image_std", std)
     channels = getattr(model.config, "num_channels", 3)
-    mean, std = (mean * channels)[:channels] if len(mean) == 1 else mean, (std * channels)[:channels] if len(std) == 1 else std
+    if len(mean) == 1:  # one value for every channel
+        mean, std = mean * channels, std * channels
     return ImageTransform(model.config.image_size, channels, mean, std, image_column=image_column)
 
 
@@ -106,6 +108,7 @@ def train_teacher(
         if trainer.is_world_process_zero():
             model.save_pretrained(tmp)
             shutil.rmtree(os.path.join(tmp, "run"), ignore_errors=True)
+    model.config._name_or_path = os.fspath(output_dir)  # as if loaded from there: cards name the teacher by it
     return model
 
 
@@ -314,6 +317,8 @@ class ChainArguments:
         "help": "Hidden widths of the discriminator (the paper: 64 128 256)."})
     # synthetic dataset
     num_synthetic: int = field(default=10_000, metadata={"help": "Synthetic images for the student."})
+    fid_images: int = field(default=10_000, metadata={
+        "help": "Real test and synthetic images compared by the teacher-feature FID of the dataset card."})
     # student
     student_model_type: Literal["vit", "deit"] = field(default="deit", metadata={"help": "Student family."})
     student_patch_size: int = field(default=4, metadata={"help": "Student patch size."})
@@ -431,8 +436,15 @@ def run_chain(args: ChainArguments) -> dict:
 
     def make_synthetic():
         pipe.set_progress_bar_config(desc="Writing synthetic images")
-        return pipe.write_dataset(args.num_synthetic, synthetic_dir, seed=args.seed, teacher_logits=True,
-                                  quality=read_sidecar(os.path.join(gan_dir, "pipeline")).get("quality"))
+        staged = os.path.join(out, ".synthetic.staged")
+        shutil.rmtree(staged, ignore_errors=True)
+        dataset = pipe.write_dataset(args.num_synthetic, staged, seed=args.seed, teacher_logits=True,
+                                     quality=read_sidecar(os.path.join(gan_dir, "pipeline")).get("quality"))
+        fid = teacher_feature_fid(teacher, pipe, test, dataset, args.image_column, args.fid_images)
+        info = write_sidecar(staged, quality={**read_sidecar(staged)["quality"], **fid})
+        dataset_card(info).save(os.path.join(staged, "README.md"))
+        os.replace(staged, synthetic_dir)
+        return load_from_disk(synthetic_dir)
 
     synthetic = stage("synthetic dataset", synthetic_dir, load_from_disk, make_synthetic)
 
@@ -482,6 +494,24 @@ def run_chain(args: ChainArguments) -> dict:
     os.replace(tmp, os.path.join(out, "results.json"))
     print(summary_table(results), flush=True)
     return results
+
+
+def teacher_feature_fid(teacher: PreTrainedModel, pipe: SyntheticImagePipeline, real: Dataset, synthetic: Dataset,
+                        image_column: str = "image", num_images: int = 10_000) -> dict[str, float]:
+    """Fréchet distance between real and synthetic images in the teacher's CLS features (needs nothing extra).
+
+    Comparable only between runs with the same teacher; the standard Inception FID is in ``hf_dfkd.metrics``.
+    """
+    extractor = TeacherFeatures(teacher, pipe.config.teacher_image_mean, pipe.config.teacher_image_std,
+                                device=next(teacher.parameters()).device)
+    channels = teacher.config.num_channels
+    n_real, n_fake = min(num_images, len(real)), min(num_images, len(synthetic))
+    real_stats = compute_statistics(extractor, image_batches(real, 256, image_column, n_real, channels),
+                                    desc="Teacher features (real)")
+    fake_stats = compute_statistics(extractor, image_batches(synthetic, 256, "image", n_fake, channels),
+                                    desc="Teacher features (synthetic)")
+    key = f"teacher-feature FID vs the real test split ({n_fake} vs {n_real} images)"
+    return {key: round(frechet_distance(real_stats, fake_stats), 3)}
 
 
 def _claim_output_dir(args: ChainArguments) -> None:

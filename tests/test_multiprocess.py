@@ -12,15 +12,16 @@ LAUNCHER = shutil.which("accelerate") or str(Path(sys.executable).with_name("acc
 needs_launcher = pytest.mark.skipif(not Path(LAUNCHER).exists(), reason="accelerate CLI not installed")
 
 
-def launch_two_processes(script: str, out_dir) -> dict:
+def launch_two_processes(script: str, out_dir, *script_args: str) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     # `--cpu` makes accelerate (1.15) use its single-process launcher; `--multi_gpu` starts torchrun, and the
     # trainers (use_cpu=True) then join a gloo process group on the CPU.
     cmd = [LAUNCHER, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", str(SCRIPTS / script), str(out_dir)]
+           "--dynamo_backend", "no", str(script if os.path.isabs(str(script)) else SCRIPTS / script),
+           *(script_args or [str(out_dir)])]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads((Path(out_dir) / "result.json").read_text())
+    return json.loads((Path(out_dir) / ("results.json" if script_args else "result.json")).read_text())
 
 
 @needs_launcher
@@ -42,3 +43,19 @@ def test_gan_trainer_on_two_cpu_processes(tmp_path):
     assert result["checksums"][0] == pytest.approx(result["checksums"][1], rel=1e-9)
     assert [h["step"] for h in result["log"] if "d_loss" in h] == [1, 2, 3]
     assert (tmp_path / "checkpoint-2").is_dir() and (tmp_path / "generator").is_dir()
+
+
+@needs_launcher
+def test_recipe_chain_on_two_cpu_processes(tmp_path):
+    from test_recipes import RECIPES, tiny_rgb_dataset
+
+    tiny_rgb_dataset(tmp_path / "data")
+    out = tmp_path / "run"
+    results = launch_two_processes(
+        str(RECIPES / "cifar10_deit.py"), out, "--preset", "smoke", "--dataset_name", str(tmp_path / "data"),
+        "--output_dir", str(out), "--teacher_epochs", "2", "--probe_images", "120", "--gan_steps", "3",
+        "--gan_batch_size", "16", "--num_synthetic", "30", "--use_cpu", "true")
+    assert results["processes"] == 2 and results["num_examples"] == 30
+    # one copy of every artifact, written by the main process, nothing half-written left by the other
+    assert (out / "student" / "model.safetensors").is_file() and (out / "synthetic" / "state.json").is_file()
+    assert not list(out.rglob("*.tmp"))
