@@ -352,7 +352,8 @@ def run_chain(args: ChainArguments) -> dict:
     ``accelerate launch`` the training steps use every process and the others run on the main one.
     """
     out = args.output_dir
-    state = PartialState()
+    # cpu=True on a machine without GPU: else, before any Trainer exists, every process would believe it is the main one
+    state = PartialState(cpu=args.use_cpu or not torch.cuda.is_available())
     if state.is_main_process:
         _claim_output_dir(args)
     state.wait_for_everyone()

@@ -124,7 +124,8 @@ def atomic_folder(path: str | os.PathLike, overwrite: bool = True) -> Iterator[s
     path = os.fspath(path).rstrip(os.sep)
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(f"{path} exists: choose another folder or allow overwriting")
-    if not PartialState().is_main_process:
+    # RANK too: a PartialState made before the launcher's process group is set up sees one process
+    if not PartialState().is_main_process or int(os.environ.get("RANK", "0")) != 0:
         scratch = tempfile.mkdtemp(prefix="hf_dfkd-scratch-")
         try:
             yield scratch
