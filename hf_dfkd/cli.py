@@ -198,9 +198,7 @@ def _evaluate(args: EvaluateArguments, data: DataArguments) -> None:
                                dataset_name=data.dataset_name, split=data.split, image_column=data.image_column,
                                label_column=data.label_column)
     mode = read_sidecar(args.student).get("provenance", {}).get("mode", "real-data")
-    print(summary_table({**results, "mode": mode, "student_over_teacher":
-                         results["student_accuracy"] / results["teacher_accuracy"],
-                         "synthetic_images": "?", "seconds": {"total": "-"}}))
+    print(summary_table({**results, "mode": mode}))
     print(f"results and model card -> {args.student}")
 
 
