@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import yaml
+from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 from transformers import HfArgumentParser
 
 from .chain import ChainArguments, distill_student, evaluate_student, run_chain, train_generator
@@ -316,7 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         help_text, types, run, defaults = COMMANDS[name]
         run(*parse_arguments(types, rest, defaults=defaults, prog=f"hf-dfkd {name}", description=help_text))
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, OfflineModeIsEnabled, HfHubHTTPError) as err:
         print(f"hf-dfkd {name}: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -141,6 +141,7 @@ def test_contradicting_options(demo_run, tmp_path, capsys):
     _bad(["demo", "--output_dir", str(tmp_path / "d"), "--test_split", "train"], capsys, "held out")
     _bad(["push", "--student", str(demo_run / "student")], capsys, "--student and --student_repo_id go together")
     _bad(["push"], capsys, "nothing to push")
+    _bad(["push", "--student", str(demo_run / "student"), "--student_repo_id", "me/s"], capsys, "offline mode")
     config = tmp_path / "c.json"
     config.write_text(json.dumps({"num_imgs": 3}))
     _bad(["synthesize", "--config", str(config)], capsys, "unknown arguments ['num_imgs']")
