@@ -32,12 +32,12 @@ def main() -> None:
     p.add_argument("--output_dir", default="bench/results/digits_diversity")
     p.add_argument("--seed", type=int, default=42)
     args = p.parse_args()
-    real = load_digits_dataset(seed=args.seed)["train"].with_format("numpy")
+    real = load_digits_dataset(seed=args.seed)["train"].with_format("numpy")[:]
     rows = {"real train digits": {"within_class_std": within_class_std(real["image"], real["label"])}}
     for lam in args.lambda_diversity:
         out = os.path.join(args.output_dir, f"lambda_diversity_{lam:g}")
         results = run_demo(output_dir=out, lambda_diversity=lam, seed=args.seed, overwrite=True)
-        synthetic = load_from_disk(os.path.join(out, "synthetic")).with_format("numpy")
+        synthetic = load_from_disk(os.path.join(out, "synthetic")).with_format("numpy")[:]
         rows[f"lambda_diversity={lam:g}"] = {
             "within_class_std": within_class_std(synthetic["image"], synthetic["label"]),
             "teacher_accuracy_on_synthetic": results["synthetic_quality"]["teacher accuracy on the images (vs their class)"],
