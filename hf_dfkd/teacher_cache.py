@@ -24,7 +24,8 @@ TEACHER_LOGITS_COLUMN = "teacher_logits"
 TEACHER_PROBES_COLUMN = "teacher_patch_probes"
 
 
-def _teacher_fingerprint(teacher: nn.Module) -> str:
+def teacher_fingerprint(teacher: nn.Module) -> str:
+    """A hash of the teacher's config and weights (one checksum per tensor), equal for equal teachers."""
     # Cheap and deterministic: the config plus one checksum per tensor, instead of hashing every weight.
     sums = [float(p.detach().double().sum()) for p in teacher.state_dict().values() if p.is_floating_point()]
     config = teacher.config.to_json_string() if hasattr(teacher, "config") else type(teacher).__name__
@@ -91,7 +92,7 @@ def add_teacher_outputs(
     features[TEACHER_LOGITS_COLUMN] = SequenceFeature(Value("float32"), length=num_labels)
     if layers:
         features[TEACHER_PROBES_COLUMN] = Array2D(shape=first[TEACHER_PROBES_COLUMN].shape[1:], dtype="float32")
-    fingerprint = Hasher.hash((dataset._fingerprint, _teacher_fingerprint(teacher), layers, "hf_dfkd.teacher_cache"))
+    fingerprint = Hasher.hash((dataset._fingerprint, teacher_fingerprint(teacher), layers, "hf_dfkd.teacher_cache"))
     return dataset.map(
         compute,
         batched=True,

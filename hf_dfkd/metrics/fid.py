@@ -23,6 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data import TeacherInputAdapter
+from ..teacher_cache import teacher_fingerprint
 
 __all__ = [
     "FeatureStatistics",
@@ -112,7 +113,8 @@ class TeacherFeatures:
         self.teacher = teacher.eval().to(device)
         self.device = torch.device(device)
         self.adapter = TeacherInputAdapter(image_mean, image_std, teacher.config.image_size).to(device)
-        self.name = f"teacher-cls ({getattr(teacher.config, '_name_or_path', '') or teacher.config.model_type})"
+        # named by the weights, not the path: statistics saved with one copy of a teacher match another copy
+        self.name = f"teacher-cls ({teacher.config.model_type}, {teacher_fingerprint(teacher)[:12]})"
 
     def __call__(self, images: torch.Tensor) -> np.ndarray:
         with torch.no_grad():
