@@ -1,14 +1,15 @@
 #!/usr/bin/env python
-"""Distil a ViT teacher into a DeiT student on scikit-learn's digits (the embedded default, real images).
+"""Knowledge distillation on real images (not data-free): ViT teacher → DeiT student on scikit-learn's digits.
 
     python recipes/digits_kd.py --output_dir outputs/digits_kd
     accelerate launch recipes/digits_kd.py --output_dir outputs/digits_kd
-    python recipes/digits_kd.py --config recipes/digits_kd.json   # arguments from JSON (or .yaml)
+    python recipes/digits_kd.py --config args.yaml          # arguments from YAML or JSON, the command line wins
 
-Trains the teacher here (or loads one with --teacher_name_or_path, a Hub id or a folder), distils the student with
-KD + CE + patch attention-probe losses, evaluates both on the held-out split, saves the student (loadable with
-``AutoModelForImageClassification.from_pretrained``) and writes ``results.json``. This is knowledge distillation on
-real images: the data-free chain (generator, synthetic dataset) builds on it.
+The reference point for the data-free chain (`hf-dfkd demo`): the same teacher and student, but the student learns
+from the 1,437 real training digits instead of synthetic ones. Trains the teacher here (or loads one with
+`--teacher_name_or_path`, a Hub id or a folder), distils with KD + CE + patch attention-probe losses (the teacher's
+outputs cached once), evaluates both on the 360 held-out digits, and writes the student (with its model card) and
+`results.json`. Every `DistillationConfig` argument can be set (`--lambda_patch 0 --temperature 2`).
 """
 
 from __future__ import annotations
@@ -19,19 +20,17 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 
-import torch
-from transformers import (
-    DeiTConfig,
-    DeiTForImageClassification,
-    HfArgumentParser,
-    Trainer,
-    TrainingArguments,
-    ViTConfig,
-    ViTForImageClassification,
-    default_data_collator,
+from hf_dfkd import (
+    DistillationConfig,
+    build_classifier,
+    distill_student,
+    evaluate_student,
+    load_classifier,
+    load_digits_dataset,
+    train_teacher,
 )
-
-from hf_dfkd import DistillationConfig, DistillationTrainer, ImageTransform, load_digits_dataset
+from hf_dfkd.chain import summary_table
+from hf_dfkd.cli import parse_arguments
 
 
 @dataclass
@@ -45,99 +44,48 @@ class RecipeArguments:
     student_hidden_size: int = field(default=32, metadata={"help": "Width of the DeiT student."})
     student_layers: int = field(default=3, metadata={"help": "Blocks of the DeiT student."})
     student_heads: int = field(default=2, metadata={"help": "Attention heads of the DeiT student."})
-    use_teacher_cache: bool = field(
-        default=True, metadata={"help": "Precompute the teacher's outputs once instead of every step."}
-    )
 
 
-def accuracy(prediction) -> dict[str, float]:
-    return {"accuracy": float((prediction.predictions.argmax(-1) == prediction.label_ids).mean())}
+DEFAULTS = {"output_dir": "outputs/digits_kd", "num_train_epochs": 20, "learning_rate": 4e-3,
+            "per_device_train_batch_size": 64, "lr_scheduler_type": "cosine", "warmup_steps": 0.05,
+            "save_strategy": "no", "logging_steps": 20, "report_to": "none", "seed": 42}
 
 
-def parse_args() -> tuple[RecipeArguments, DistillationConfig]:
-    parser = HfArgumentParser((RecipeArguments, DistillationConfig))
-    if len(sys.argv) == 3 and sys.argv[1] == "--config":
-        path = sys.argv[2]
-        if path.endswith((".yaml", ".yml")):
-            return parser.parse_yaml_file(path)
-        return parser.parse_json_file(path)
-    defaults = {"num_train_epochs": 20, "learning_rate": 4e-3, "per_device_train_batch_size": 64,
-                "lr_scheduler_type": "cosine", "warmup_steps": 20, "eval_strategy": "epoch", "save_strategy": "no",
-                "logging_steps": 20, "report_to": "none"}
-    parser.set_defaults(**defaults)
-    return parser.parse_args_into_dataclasses()
-
-
-def main() -> None:
-    recipe, args = parse_args()
+def main(argv: list[str] | None = None) -> dict:
+    recipe, args = parse_arguments((RecipeArguments, DistillationConfig), sys.argv[1:] if argv is None else argv,
+                                   defaults=DEFAULTS, prog="digits_kd.py", description=__doc__.split("\n")[0])
     digits = load_digits_dataset(seed=args.seed)
     names = digits["train"].features["label"].names
-    label_maps = {"id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
-    transform = ImageTransform(image_size=8, num_channels=1)
-    train, test = digits["train"].with_transform(transform), digits["test"].with_transform(transform)
-    started = time.perf_counter()
-
+    output_dir, started = args.output_dir, time.perf_counter()
     if recipe.teacher_name_or_path:
-        teacher = recipe.teacher_name_or_path
-        teacher_seconds = 0.0
+        teacher = load_classifier(recipe.teacher_name_or_path, "teacher")
     else:
-        torch.manual_seed(args.seed)
-        teacher = ViTForImageClassification(ViTConfig(
-            image_size=8, patch_size=2, num_channels=1, hidden_size=recipe.teacher_hidden_size,
-            num_hidden_layers=recipe.teacher_layers, num_attention_heads=4,
-            intermediate_size=2 * recipe.teacher_hidden_size, **label_maps, num_labels=len(names)))
-        teacher_args = TrainingArguments(
-            os.path.join(args.output_dir, "teacher"), num_train_epochs=recipe.teacher_epochs, learning_rate=1e-3,
-            weight_decay=0.05, per_device_train_batch_size=64, lr_scheduler_type="cosine", warmup_steps=20,
-            remove_unused_columns=False, save_strategy="no", report_to="none", logging_steps=50, seed=args.seed,
-            use_cpu=args.use_cpu, disable_tqdm=args.disable_tqdm)
-        Trainer(teacher, teacher_args, train_dataset=train, data_collator=default_data_collator).train()
-        teacher.save_pretrained(os.path.join(args.output_dir, "teacher"))
-        teacher_seconds = time.perf_counter() - started
+        teacher = build_classifier("vit", image_size=8, num_channels=1, class_names=names, patch_size=2,
+                                   hidden_size=recipe.teacher_hidden_size, num_hidden_layers=recipe.teacher_layers,
+                                   num_attention_heads=4, seed=args.seed)
+        teacher = train_teacher(teacher, digits["train"], os.path.join(output_dir, "teacher"),
+                                epochs=recipe.teacher_epochs, learning_rate=1e-3, batch_size=64, seed=args.seed,
+                                use_cpu=args.use_cpu)
+    teacher_seconds = time.perf_counter() - started
 
-    torch.manual_seed(args.seed + 1)
-    student = DeiTForImageClassification(DeiTConfig(
-        image_size=8, patch_size=2, num_channels=1, hidden_size=recipe.student_hidden_size,
-        num_hidden_layers=recipe.student_layers, num_attention_heads=recipe.student_heads,
-        intermediate_size=2 * recipe.student_hidden_size, num_labels=len(names), **label_maps))
-    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=train,
-                                  eval_dataset=test, compute_metrics=accuracy)
-    if recipe.use_teacher_cache:
-        cached = trainer.cache_teacher_outputs(digits["train"], transform)
-        trainer.train_dataset = cached.with_transform(transform)
-    distill_started = time.perf_counter()
-    trainer.train()
-    distill_seconds = time.perf_counter() - distill_started
-    student_metrics = trainer.evaluate()
-    trainer.save_model(os.path.join(args.output_dir, "student"))
-
-    teacher_model = trainer.accelerator.unwrap_model(trainer.teacher)
-    teacher_eval = Trainer(teacher_model, TrainingArguments(os.path.join(args.output_dir, "teacher_eval"), report_to="none",
-                           remove_unused_columns=False, use_cpu=args.use_cpu, disable_tqdm=True),
-                           eval_dataset=test, data_collator=default_data_collator, compute_metrics=accuracy)
-    teacher_acc = teacher_eval.evaluate()["eval_accuracy"]
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    results = {
-        "dataset": "scikit-learn digits (real images), stratified 80/20 split, seed %d" % args.seed,
-        "mode": "real-data KD (not data-free)",
-        "teacher_accuracy": teacher_acc,
-        "student_accuracy": student_metrics["eval_accuracy"],
-        "student_teacher_agreement": student_metrics["eval_agreement"],
-        "teacher_parameters": count(teacher_model),
-        "student_parameters": count(trainer.model),
-        "teacher_train_seconds": round(teacher_seconds, 1),
-        "distill_seconds": round(distill_seconds, 1),
-        "device": str(args.device),
-        "recipe": asdict(recipe),
-    }
-    if trainer.is_world_process_zero():
-        with open(os.path.join(args.output_dir, "results.json"), "w") as f:
-            json.dump(results, f, indent=2)
-        print("\n| model | parameters | accuracy (digits test) |\n|---|---|---|")
-        print(f"| teacher ViT | {results['teacher_parameters']:,} | {teacher_acc:.4f} |")
-        print(f"| student DeiT | {results['student_parameters']:,} | {results['student_accuracy']:.4f} |")
-        print(f"agreement {results['student_teacher_agreement']:.4f}; distillation {distill_seconds:.1f}s; "
-              f"student saved to {os.path.join(args.output_dir, 'student')}")
+    student = build_classifier("deit", image_size=8, num_channels=1, class_names=names, patch_size=2,
+                               hidden_size=recipe.student_hidden_size, num_hidden_layers=recipe.student_layers,
+                               num_attention_heads=recipe.student_heads, seed=args.seed + 1)
+    args.output_dir = os.path.join(output_dir, "student")
+    started = time.perf_counter()
+    trainer = distill_student(student, teacher, digits["train"], args, mode="real-data",
+                              train_description="the real scikit-learn digits training split")
+    distill_seconds = time.perf_counter() - started
+    if not trainer.is_world_process_zero():
+        return {}
+    results = evaluate_student(args.output_dir, teacher, digits["test"], dataset_name="sklearn:digits", split="test")
+    results.update(mode="real-data", teacher_train_seconds=round(teacher_seconds, 1),
+                   distill_seconds=round(distill_seconds, 1), recipe=asdict(recipe))
+    with open(os.path.join(output_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    print(summary_table(results))
+    print(f"teacher {teacher_seconds:.1f} s, distillation {distill_seconds:.1f} s; student saved to {args.output_dir}")
+    return results
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 def load_recipe(name):
     spec = importlib.util.spec_from_file_location(name, RECIPES / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the file runs
     spec.loader.exec_module(module)
     return module
 
@@ -59,3 +61,15 @@ def test_cifar10_recipe_smoke_preset_runs_the_chain_on_rgb_images(tmp_path):
     assert saved["args"]["image_column"] == "img" and saved["args"]["teacher_model_type"] == "deit"
     assert json.loads((out / "student" / "config.json").read_text())["model_type"] == "vit"
     assert json.loads((out / "gan" / "pipeline" / "image_generator" / "config.json").read_text())["num_channels"] == 3
+
+
+def test_digits_kd_recipe_writes_an_evaluated_student(tmp_path):
+    recipe = load_recipe("digits_kd")
+    results = recipe.main(["--output_dir", str(tmp_path / "kd"), "--teacher_epochs", "2", "--num_train_epochs", "1",
+                           "--teacher_hidden_size", "32", "--teacher_layers", "1", "--use_cpu", "true",
+                           "--disable_tqdm", "true"])
+    assert results["mode"] == "real-data" and results["num_examples"] == 360
+    assert json.loads((tmp_path / "kd" / "results.json").read_text())["recipe"]["teacher_layers"] == 1
+    card = (tmp_path / "kd" / "student" / "README.md").read_text()
+    assert "mode-real-data" in card and "model-index" in card
+    assert not (tmp_path / "kd" / "student" / "training_args.bin").exists()
