@@ -29,7 +29,6 @@ from datasets import load_dataset
 from transformers import Trainer, TrainingArguments, ViTConfig, ViTForImageClassification, default_data_collator
 
 from hf_dfkd import (
-    ClassAttentionProbes,
     ConditionalDiscriminator,
     ConditionalGenerator,
     GANConfig,

@@ -32,7 +32,7 @@ from .evaluation import evaluate_classifiers
 from .gan_trainer import GANConfig, GANTrainer, plot_curves
 from .hub import dataset_card, pipeline_card, read_sidecar, student_card, write_sidecar
 from .metrics import TeacherFeatures, compute_statistics, frechet_distance, image_batches
-from .io import EMBEDDED_DIGITS, atomic_folder, check_image_dataset, class_names, load_classifier, load_image_dataset, require_columns
+from .io import EMBEDDED_DIGITS, atomic_folder, check_image_dataset, class_names, load_classifier, load_image_dataset
 from .models import ConditionalDiscriminator, ConditionalGenerator, build_classifier
 from .pipeline import SyntheticImagePipeline
 from .trainer import DistillationTrainer

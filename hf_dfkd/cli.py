@@ -25,10 +25,19 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import yaml
+from accelerate import PartialState
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 from transformers import HfArgumentParser
 
-from .chain import ChainArguments, distill_student, evaluate_student, run_chain, train_generator
+from .chain import (
+    ChainArguments,
+    distill_student,
+    evaluate_student,
+    image_transform_for,
+    run_chain,
+    summary_table,
+    train_generator,
+)
 from .class_probes import ClassAttentionProbes, compute_class_attention_probes
 from .config import DistillationConfig
 from .demo import DEMO_DEFAULTS
@@ -133,8 +142,6 @@ def _probes(probes: ProbesArguments, data: DataArguments) -> None:
     dataset = data.load()
     if data.label_column != "label":
         dataset = dataset.rename_column(data.label_column, "label")
-    from .chain import image_transform_for
-
     result = compute_class_attention_probes(teacher, dataset, image_transform_for(teacher, data.image_column),
                                             layer=probes.layer, head_reduction=probes.head_reduction,
                                             only_correct=probes.only_correct, batch_size=probes.batch_size)
@@ -193,8 +200,6 @@ def _distill(student_args: StudentArguments, data: DataArguments, config: Distil
 
 
 def _evaluate(args: EvaluateArguments, data: DataArguments) -> None:
-    from .chain import summary_table
-
     results = evaluate_student(args.student, load_classifier(args.teacher, "teacher"), data.load(),
                                dataset_name=data.dataset_name, split=data.split, image_column=data.image_column,
                                label_column=data.label_column)
@@ -317,6 +322,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         help_text, types, run, defaults = COMMANDS[name]
         run(*parse_arguments(types, rest, defaults=defaults, prog=f"hf-dfkd {name}", description=help_text))
+        # under accelerate launch an undestroyed gloo/nccl group can abort the process at exit
+        PartialState().destroy_process_group()
     except (ValueError, FileNotFoundError, FileExistsError, OfflineModeIsEnabled, HfHubHTTPError) as err:
         print(f"hf-dfkd {name}: error: {err}", file=sys.stderr)
         return 2

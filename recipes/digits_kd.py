@@ -20,6 +20,8 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 
+from accelerate import PartialState
+
 from hf_dfkd import (
     DistillationConfig,
     build_classifier,
@@ -90,3 +92,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     main()
+    PartialState().destroy_process_group()  # a clean exit under accelerate launch

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import sys
 
+from accelerate import PartialState
+
 from hf_dfkd import ChainArguments, run_chain
 from hf_dfkd.cli import parse_arguments
 
@@ -57,3 +59,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     main()
+    PartialState().destroy_process_group()  # a clean exit under accelerate launch

@@ -8,7 +8,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch
-from datasets import ClassLabel, Dataset, Features, Sequence, Value
+from datasets import Dataset
 from transformers import DeiTConfig, DeiTForImageClassification, ViTConfig, ViTForImageClassification
 
 NAMES = [f"class_{i}" for i in range(4)]

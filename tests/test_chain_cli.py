@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from datasets import Dataset, load_from_disk
 from safetensors.torch import load_file
 

@@ -1,6 +1,5 @@
 """End-to-end check of the trainer on real images: scikit-learn digits (not yet data-free)."""
 
-import pytest
 import torch
 from transformers import DeiTConfig, DeiTForImageClassification, Trainer, TrainingArguments, ViTConfig, ViTForImageClassification, default_data_collator
 

@@ -1,6 +1,5 @@
 """Hub publishing: what would be uploaded (files, card metadata), checked offline with an injected HfApi."""
 
-import json
 import shutil
 from pathlib import Path
 

@@ -43,3 +43,5 @@ def main(out_dir: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    # an undestroyed gloo group can abort the process at exit ("terminate called without an active exception")
+    PartialState().destroy_process_group()
