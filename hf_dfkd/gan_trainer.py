@@ -104,14 +104,7 @@ class GANTrainer:
     ):
         self.args = args
         self._check_components(teacher, generator, discriminator)
-        if args.lambda_attn > 0:
-            if class_probes is None:
-                raise ValueError("lambda_attn > 0 needs class_probes= (hf_dfkd.compute_class_attention_probes); "
-                                 "lambda_attn=0 trains the vanilla cGAN")
-            class_probes.check_fits(teacher)
-            self.probe = CLSAttentionProbe(teacher, layer=class_probes.layer, head_reduction=class_probes.head_reduction)
-        else:
-            self.probe = None
+        self._setup_guidance(teacher, class_probes)
         self.class_probes = class_probes
         self._check_dataset(train_dataset, generator)
 
@@ -132,9 +125,9 @@ class GANTrainer:
         )
         teacher.eval().requires_grad_(False)  # frozen, yet gradients flow through it into G
         self.teacher = self.accelerator.prepare_model(teacher, evaluation_mode=True)
-        teacher_size = teacher.config.image_size
         self.to_teacher = TeacherInputAdapter(args.teacher_image_mean, args.teacher_image_std,
-                                              teacher_size if args.resize_to_teacher else None).to(self.accelerator.device)
+                                              self._teacher_input_size(teacher) if args.resize_to_teacher else None,
+                                              ).to(self.accelerator.device)
         self.cap = class_probes.probes.to(self.accelerator.device) if class_probes is not None else None
         self.num_classes = generator.config.num_classes
         self.latent_dim = generator.config.latent_dim
@@ -142,6 +135,38 @@ class GANTrainer:
         self.log_history: list[dict] = []
         device = self.accelerator.device
         self._rng_devices = [device.index or 0] if device.type == "cuda" else []
+
+    # ---- hooks for other teachers (the detection GAN overrides these) ---------------------------------------------
+
+    def _setup_guidance(self, teacher: nn.Module, class_probes) -> None:
+        if self.args.lambda_attn > 0:
+            if class_probes is None:
+                raise ValueError("lambda_attn > 0 needs class_probes= (hf_dfkd.compute_class_attention_probes); "
+                                 "lambda_attn=0 trains the vanilla cGAN")
+            class_probes.check_fits(teacher)
+            self.probe = CLSAttentionProbe(teacher, layer=class_probes.layer, head_reduction=class_probes.head_reduction)
+        else:
+            self.probe = None
+
+    def _teacher_input_size(self, teacher: nn.Module) -> int:
+        return teacher.config.image_size
+
+    def guidance_losses(self, fake: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor | None, dict]:
+        """The teacher's terms of the generator loss: ``(weighted sum or None, {name: unweighted value})``."""
+        if self.probe is None:
+            return None, {}
+        # the teacher runs only up to the probed layer's keys; its accuracy is measured at evaluation
+        attn = attention_guidance_loss(self.probe.probe_only(self.to_teacher(fake)), self.cap[labels])
+        return self.args.lambda_attn * attn, {"attn_loss": attn}
+
+    def evaluation_metrics(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        """What the teacher thinks of generated ``images`` of classes ``labels`` (under ``no_grad``)."""
+        logits = self.teacher(pixel_values=self.to_teacher(images)).logits
+        metrics = {"eval_teacher_accuracy": (logits.argmax(-1) == labels).float().mean().item()}
+        if self.probe is not None:
+            probes, _ = self.teacher_probe(images)
+            metrics["eval_attn_loss"] = attention_guidance_loss(probes, self.cap[labels]).item()
+        return metrics
 
     # ---- checks --------------------------------------------------------------------------------------------------
 
@@ -215,12 +240,10 @@ class GANTrainer:
         adv = F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
         metrics = {"d_loss": d_loss, "adv_loss": adv}
         g_loss = adv
-        if self.probe is not None:
-            # the teacher runs only up to the probed layer's keys; its accuracy is measured at evaluation
-            probes = self.probe.probe_only(self.to_teacher(fake))
-            attn = attention_guidance_loss(probes, self.cap[labels])
-            g_loss = adv + self.args.lambda_attn * attn
-            metrics["attn_loss"] = attn
+        guidance, parts = self.guidance_losses(fake, labels)
+        if guidance is not None:
+            g_loss = g_loss + guidance
+            metrics.update(parts)
         if diversity:
             h = b // 2
             ms = mode_seeking_loss(fake[:h], fake[h : 2 * h], latents[:h], latents[h : 2 * h])
@@ -290,11 +313,7 @@ class GANTrainer:
         latents = torch.randn(n * self.num_classes, self.latent_dim, generator=g).to(acc.device)
         labels = torch.arange(self.num_classes).repeat_interleave(n).to(acc.device)
         images = generator(latents, labels)
-        logits = self.teacher(pixel_values=self.to_teacher(images)).logits
-        metrics = {"eval_teacher_accuracy": (logits.argmax(-1) == labels).float().mean().item()}
-        if self.probe is not None:
-            probes, _ = self.teacher_probe(images)
-            metrics["eval_attn_loss"] = attention_guidance_loss(probes, self.cap[labels]).item()
+        metrics = self.evaluation_metrics(images, labels)
         if acc.is_main_process:
             from torchvision.utils import save_image
 
@@ -360,7 +379,8 @@ class GANTrainer:
         plot_curves(self.log_history, os.path.join(out, "gan_curves.png"))
 
 
-GAN_CURVES = ("d_loss", "adv_loss", "attn_loss", "diversity_loss", "eval_attn_loss", "eval_teacher_accuracy")
+GAN_CURVES = ("d_loss", "adv_loss", "attn_loss", "det_loss", "diversity_loss", "eval_attn_loss", "eval_teacher_accuracy",
+              "eval_teacher_detects_class")
 
 
 def plot_curves(log_history: list[dict], path: str, keys: tuple[str, ...] = GAN_CURVES) -> None:
