@@ -357,26 +357,7 @@ def run_chain(args: ChainArguments) -> dict:
     if state.is_main_process:
         _claim_output_dir(args)
     state.wait_for_everyone()
-    timings_path = os.path.join(out, "timings.json")
-
-    def stage(name: str, path: str | None, load, make, everyone: bool = False):
-        """``load(path)`` when the artifact exists, else make it (on every process or on the main one)."""
-        start = time.perf_counter()
-        made = path is None or not os.path.exists(path)
-        if not made:
-            result = load(path)
-        elif everyone or state.is_main_process:
-            result = make()
-        state.wait_for_everyone()
-        if not (everyone or state.is_main_process):
-            result = load(path)
-        if made and state.is_main_process:  # the time it took to make each artifact, kept across resumed runs
-            seconds = round(time.perf_counter() - start, 1)
-            timings = json.load(open(timings_path)) if os.path.isfile(timings_path) else {}
-            with open(timings_path, "w") as f:
-                json.dump({**timings, name: seconds}, f, indent=1)
-            print(f"[hf_dfkd] {name}: {seconds} s", flush=True)
-        return result
+    stage = Stages(state, os.path.join(out, "timings.json"))
 
     train = load_image_dataset(args.dataset_name, args.train_split, seed=args.seed)
     test = load_image_dataset(args.dataset_name, args.test_split, seed=args.seed)
@@ -476,7 +457,7 @@ def run_chain(args: ChainArguments) -> dict:
         image_column=args.image_column, label_column=args.label_column))
     if not state.is_main_process:
         return results
-    timings = json.load(open(timings_path))
+    timings = json.load(open(stage.timings_path))
     results = {
         "mode": pipe.config.mode,
         **results,
@@ -515,11 +496,39 @@ def teacher_feature_fid(teacher: PreTrainedModel, pipe: SyntheticImagePipeline, 
     return {key: round(frechet_distance(real_stats, fake_stats), 3)}
 
 
-def _claim_output_dir(args: ChainArguments) -> None:
-    """Refuse to mix two runs' artifacts: an existing output_dir must hold a run with the same arguments."""
+class Stages:
+    """Runs the steps of a resumable chain: ``stage(name, path, load, make)`` loads the artifact at ``path`` when it
+    exists, else makes it (on every process, or on the main one and then loads it on the others), and records the
+    seconds each artifact took to make in ``timings_path`` (kept across resumed runs)."""
+
+    def __init__(self, state: PartialState, timings_path: str):
+        self.state, self.timings_path = state, timings_path
+
+    def __call__(self, name: str, path: str | None, load, make, everyone: bool = False):
+        state = self.state
+        start = time.perf_counter()
+        made = path is None or not os.path.exists(path)
+        if not made:
+            result = load(path)
+        elif everyone or state.is_main_process:
+            result = make()
+        state.wait_for_everyone()
+        if not (everyone or state.is_main_process):
+            result = load(path)
+        if made and state.is_main_process:
+            seconds = round(time.perf_counter() - start, 1)
+            timings = json.load(open(self.timings_path)) if os.path.isfile(self.timings_path) else {}
+            with open(self.timings_path, "w") as f:
+                json.dump({**timings, name: seconds}, f, indent=1)
+            print(f"[hf_dfkd] {name}: {seconds} s", flush=True)
+        return result
+
+
+def _claim_output_dir(args, volatile: tuple[str, ...] = ("overwrite",)) -> None:
+    """Refuse to mix two runs' artifacts: an existing output_dir must hold a run with the same arguments
+    (except the ``volatile`` ones, which do not change any artifact)."""
     path = os.path.join(args.output_dir, "chain_args.json")
-    current = asdict(args)
-    current.pop("overwrite")
+    current = {k: v for k, v in asdict(args).items() if k not in volatile}
     if os.path.isdir(args.output_dir) and os.listdir(args.output_dir):
         previous = json.load(open(path)) if os.path.isfile(path) else None
         if previous != current:

@@ -22,6 +22,7 @@ __all__ = [
     "class_names",
     "load_classifier",
     "load_image_dataset",
+    "load_model",
     "require_columns",
 ]
 
@@ -42,6 +43,12 @@ def load_classifier(model: str | os.PathLike | PreTrainedModel, role: str = "mod
     """
     if isinstance(model, nn.Module):
         return model
+    return load_model(model, role, AutoModelForImageClassification, "ForImageClassification", "an image classifier")
+
+
+def load_model(model: str | os.PathLike, role: str, auto_class, architecture_suffix: str, what: str) -> PreTrainedModel:
+    """``auto_class.from_pretrained(model)`` in float32, after checking a local folder's ``config.json`` names an
+    architecture ending in ``architecture_suffix`` (``what`` it is, for the errors), before any download."""
     if not isinstance(model, (str, os.PathLike)):
         raise TypeError(f"{role} must be a model or a Hub id / local folder, got {type(model).__name__}")
     name = os.fspath(model)
@@ -52,17 +59,17 @@ def load_classifier(model: str | os.PathLike | PreTrainedModel, role: str = "mod
         with open(config_path) as f:
             config = json.load(f)
         architectures = config.get("architectures") or []
-        if not any(a.endswith("ForImageClassification") for a in architectures):
+        if not any(a.endswith(architecture_suffix) for a in architectures):
             raise ValueError(
-                f"the {role} at {name} is not an image classifier (model_type={config.get('model_type')!r}, "
-                f"architectures={architectures}); pass a *ForImageClassification model folder"
+                f"the {role} at {name} is not {what} (model_type={config.get('model_type')!r}, "
+                f"architectures={architectures}); pass a *{architecture_suffix} model folder"
             )
     elif os.path.exists(name) or _looks_local(name):
         raise FileNotFoundError(f"the {role} folder {name} does not exist (nor is it a Hub id)")
     try:
-        return AutoModelForImageClassification.from_pretrained(name, dtype=torch.float32)
+        return auto_class.from_pretrained(name, dtype=torch.float32)
     except (OSError, ValueError) as err:
-        raise ValueError(f"could not load the {role} {name!r} as an image classifier: {err}") from err
+        raise ValueError(f"could not load the {role} {name!r} as {what}: {err}") from err
 
 
 def load_image_dataset(name_or_path: str | os.PathLike, split: str, *, seed: int = 0) -> Dataset:
