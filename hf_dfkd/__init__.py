@@ -3,6 +3,7 @@
 from .chain import ChainArguments, distill_student, evaluate_student, run_chain, train_generator, train_teacher
 from .class_probes import ClassAttentionProbes, compute_class_attention_probes
 from .config import DistillationConfig
+from .detection import DetectionSyntheticPipeline, DetrDistillationConfig, DetrDistillationTrainer
 from .data import ImageTransform, TeacherInputAdapter, load_digits_dataset
 from .evaluation import evaluate_classifiers
 from .gan_trainer import GANConfig, GANTrainer, NonFiniteGANLossError
@@ -50,6 +51,9 @@ __all__ = [
     "compute_class_attention_probes",
     "DistillationConfig",
     "DistillationTrainer",
+    "DetectionSyntheticPipeline",
+    "DetrDistillationConfig",
+    "DetrDistillationTrainer",
     "ImageTransform",
     "NonFiniteLossError",
     "UnsupportedModelError",

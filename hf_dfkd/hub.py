@@ -27,6 +27,8 @@ __all__ = [
     "MODES",
     "SIDECAR",
     "dataset_card",
+    "detection_dataset_card",
+    "detection_student_card",
     "pipeline_card",
     "push_pipeline",
     "push_student",
@@ -208,6 +210,113 @@ def dataset_card(info: dict[str, Any], repo_id: str | None = None) -> DatasetCar
     )
 
 
+def detection_dataset_card(info: dict[str, Any], repo_id: str | None = None) -> DatasetCard:
+    """The card of a synthetic object-detection dataset (``DetectionSyntheticPipeline.write_dataset``'s sidecar)."""
+    mode = info["mode"]
+    card_data = DatasetCardData(
+        license="other",
+        task_categories=["object-detection"],
+        tags=["synthetic", "hf_dfkd", "data-free-knowledge-distillation", f"mode-{mode}"],
+        size_categories=[_size_category(info["num_images"])],
+        pretty_name=info.get("pretty_name", "Synthetic detection images (hf_dfkd)"),
+    )
+    counts = "\n".join(f"| {name} | {n} |" for name, n in zip(info["class_names"], info["counts"]))
+    return DatasetCard.from_template(
+        card_data,
+        template_path=_template("detection_dataset.md"),
+        pretty_name=card_data.pretty_name,
+        repo_id=repo_id or "<this folder or repo id>",
+        num_images=info["num_images"],
+        num_generated=info.get("num_generated", info["num_images"]),
+        num_classes=len(info["counts"]),
+        image_size=info["image_size"],
+        seed=info["seed"],
+        score_threshold=info.get("score_threshold", "not recorded"),
+        empty_note=" (images without any are kept as background)" if info.get("keep_empty") else
+        " (images where the teacher detects nothing are dropped)",
+        mode=mode,
+        mode_description=_mode_description(mode),
+        teacher=info.get("teacher") or "not recorded",
+        generator=info.get("generator") or "not recorded",
+        counts_table=counts,
+        quality=_bullets(info.get("quality") or {}),
+    )
+
+
+def detection_student_card(student_dir: str | os.PathLike, repo_id: str | None = None) -> ModelCard:
+    """A distilled detector's card, with ``model-index`` mAP results, from its sidecar (``evaluation`` written by
+    ``hf_dfkd.detection.run_detection_chain``).
+
+    Raises:
+        ValueError: when the folder has no real-split evaluation yet.
+    """
+    sidecar = read_sidecar(student_dir)
+    results, provenance = sidecar.get("evaluation"), sidecar.get("provenance", {})
+    if not results:
+        raise ValueError(f"{student_dir} has no evaluation in {SIDECAR}: evaluate it on a real split first, so the "
+                         "card reports real mAP")
+    with open(Path(student_dir) / "config.json") as f:
+        config = json.load(f)
+    mode = provenance.get("mode", "cgan")
+    dataset_name, split = results["dataset_name"], results["split"]
+    teacher, student = results["teacher"], results["student"]
+    teacher_name = provenance.get("teacher", "unknown")
+    name = repo_id.split("/")[-1] if repo_id else Path(student_dir).resolve().name
+
+    def result(metric: str, value: float, label: str) -> EvalResult:
+        return EvalResult(task_type="object-detection", dataset_type=dataset_name, dataset_name=dataset_name,
+                          dataset_split=split, metric_type=metric, metric_value=round(value, 6), metric_name=label)
+
+    card_data = ModelCardData(
+        model_name=name,
+        library_name="transformers",
+        pipeline_tag="object-detection",
+        license=provenance.get("license", "apache-2.0"),
+        tags=["hf_dfkd", "knowledge-distillation", "data-free-knowledge-distillation", f"mode-{mode}",
+              "vision", "object-detection", f"target-mode-{provenance.get('target_mode', 'unknown')}"],
+        base_model=teacher_name if "/" in teacher_name and not os.path.exists(teacher_name) else None,
+        eval_results=[
+            result("mAP", student["map"], "student mAP@[.5:.95]"),
+            result("mAP@0.5", student["map_50"], "student mAP@0.5"),
+            result("mAP@0.5", teacher["map_50"], "teacher mAP@0.5"),
+        ],
+    )
+    training = provenance.get("training", {})
+    ratio = student["map_50"] / teacher["map_50"] if teacher["map_50"] > 0 else float("nan")
+    return ModelCard.from_template(
+        card_data,
+        template_path=_template("detection_student.md"),
+        model_name=name,
+        repo_id=repo_id or str(student_dir),
+        student_family={"detr": "DETR", "yolos": "YOLOS"}.get(config.get("model_type"), config.get("model_type")),
+        teacher=teacher_name,
+        target_mode=provenance.get("target_mode", "not recorded"),
+        mode=mode,
+        mode_description=_mode_description(mode),
+        eval_dataset=f"`{dataset_name}`",
+        eval_split=split,
+        num_examples=results["num_examples"],
+        image_size=results["image_size"],
+        device=results.get("device", "cpu"),
+        teacher_parameters=f"{teacher['parameters']:,}",
+        student_parameters=f"{student['parameters']:,}",
+        compression_ratio=f"{teacher['parameters'] / student['parameters']:.1f}",
+        teacher_latency=f"{1000 * teacher['latency_s_per_image']:.2f} ms",
+        student_latency=f"{1000 * student['latency_s_per_image']:.2f} ms",
+        teacher_map=f"{teacher['map']:.4f}",
+        teacher_map_50=f"{teacher['map_50']:.4f}",
+        student_map=f"{student['map']:.4f}",
+        student_map_50=f"{student['map_50']:.4f}",
+        map_50_ratio=f"{ratio:.3f}",
+        provenance=_bullets({
+            "training images": provenance.get("train_dataset", "not recorded"),
+            "training": ", ".join(f"{k}={v}" for k, v in training.items()) or "not recorded",
+            "command": f"`{provenance['command']}`" if provenance.get("command") else "not recorded",
+        }),
+        seed=training.get("seed", "not recorded"),
+    )
+
+
 def pipeline_card(pipeline_dir: str | os.PathLike, repo_id: str | None = None) -> ModelCard:
     """The generator pipeline's card, from its ``model_index.json``, component configs and sidecar."""
     folder = Path(pipeline_dir)
@@ -259,7 +368,8 @@ def push_student(student_dir: str | os.PathLike, repo_id: str, *, api: HfApi | N
     folder = Path(student_dir)
     if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
         raise FileNotFoundError(f"{folder} is not a saved student: it needs config.json and model.safetensors")
-    card = student_card(folder, repo_id)
+    is_detector = read_sidecar(folder).get("task") == "object-detection"
+    card = (detection_student_card if is_detector else student_card)(folder, repo_id)
     with tempfile.TemporaryDirectory(prefix="hf_dfkd-push-") as staged:
         for name in _STUDENT_FILES:
             if (folder / name).is_file():
@@ -284,7 +394,7 @@ def push_synthetic_dataset(dataset_dir: str | os.PathLike, repo_id: str, *, api:
         # Parquet keeps the datasets features (Image, ClassLabel) in its schema metadata
         dataset.to_parquet(os.path.join(staged, "data", f"{split}-00000-of-00001.parquet"))
         shutil.copy2(folder / SIDECAR, staged)
-        card = dataset_card(info, repo_id)
+        card = (detection_dataset_card if info.get("task") == "object-detection" else dataset_card)(info, repo_id)
         card.data.configs = [{"config_name": "default", "data_files": [{"split": split, "path": f"data/{split}-*"}]}]
         card.save(os.path.join(staged, "README.md"))
         return _upload(staged, repo_id, "dataset", api, private, commit_message)

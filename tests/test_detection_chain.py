@@ -1,0 +1,90 @@
+"""The detection chain end to end on the embedded set, resuming, and the drone recipe's smoke preset."""
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+from hf_dfkd.detection import DetectionChainArguments, run_detection_chain
+from hf_dfkd.hub import read_sidecar
+
+RECIPE = os.path.join(os.path.dirname(__file__), "..", "recipes", "detr_drone.py")
+
+
+def load_recipe():
+    spec = importlib.util.spec_from_file_location("detr_drone", RECIPE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def smoke_args(out, **kw):
+    preset = {**load_recipe().PRESETS["smoke"], "output_dir": out, "use_cpu": True, **kw}
+    return DetectionChainArguments(**preset)
+
+
+def test_chain_writes_every_artifact_with_cards_and_resumes(tmp_path):
+    out = str(tmp_path / "run")
+    results = run_detection_chain(smoke_args(out))
+    assert {"teacher", "paired", "hungarian"} <= set(results)
+    for key in ("teacher", "paired", "hungarian"):
+        assert {"map", "map_50", "parameters", "latency_s_per_image", "map_per_class"} <= set(results[key])
+    assert results["teacher_over_student_parameters"]["paired"] > 1
+    saved = json.load(open(os.path.join(out, "results.json")))
+    assert saved["synthetic_images"] == results["synthetic_images"] > 0
+    assert set(saved["seconds"]) >= {"teacher", "guided cGAN", "synthetic dataset", "student (paired)",
+                                     "student (hungarian)", "evaluation", "total"}
+    for mode in ("paired", "hungarian"):
+        folder = os.path.join(out, f"student-{mode}")
+        assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"} <= set(os.listdir(folder))
+        sidecar = read_sidecar(folder)
+        assert sidecar["task"] == "object-detection" and sidecar["provenance"]["target_mode"] == mode
+        card = open(os.path.join(folder, "README.md")).read()
+        assert "pipeline_tag: object-detection" in card and f"target-mode-{mode}" in card
+    assert read_sidecar(os.path.join(out, "synthetic"))["task"] == "object-detection"
+    assert os.path.isfile(os.path.join(out, "gan", "pipeline", "model_index.json"))
+
+    # a second run with the same arguments loads every artifact instead of making it again
+    timings = open(os.path.join(out, "timings.json")).read()
+    stamp = os.path.getmtime(os.path.join(out, "student-paired", "model.safetensors"))
+    again = run_detection_chain(smoke_args(out))
+    assert again["paired"]["map"] == results["paired"]["map"]
+    assert os.path.getmtime(os.path.join(out, "student-paired", "model.safetensors")) == stamp
+    assert json.loads(open(os.path.join(out, "timings.json")).read()).keys() == json.loads(timings).keys()
+    with pytest.raises(FileExistsError, match="num_synthetic"):
+        run_detection_chain(smoke_args(out, num_synthetic=30))
+
+
+def test_recipe_smoke_preset_runs_one_target_mode(tmp_path):
+    out = str(tmp_path / "recipe")
+    results = load_recipe().main(["--preset", "smoke", "--output_dir", out, "--use_cpu", "true",
+                                  "--target_modes", "hungarian", "--student_family", "yolos",
+                                  "--student_patch_size", "16"])
+    assert "hungarian" in results and "paired" not in results
+    assert json.load(open(os.path.join(out, "student-hungarian", "config.json")))["model_type"] == "yolos"
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"target_modes": ["index"]}, "target_modes"),
+    ({"image_size": 50}, "multiple of 16"),
+    ({"score_threshold": 0.0}, "score_threshold"),
+    ({"test_split": "train"}, "held out"),
+])
+def test_bad_arguments_fail_before_any_work(tmp_path, kw, message):
+    with pytest.raises(ValueError, match=message):
+        DetectionChainArguments(output_dir=str(tmp_path), **kw)
+    assert not os.listdir(tmp_path)
+
+
+def test_bad_boxes_in_the_real_data_stop_the_chain_before_training(tmp_path, monkeypatch):
+    from hf_dfkd.detection import chain, make_digits_detection_dataset
+
+    data = make_digits_detection_dataset(num_train=8, num_test=4)
+    broken = data["train"].map(lambda o: {"objects": {**o, "bbox": [[60.0, 60.0, 24.0, 24.0]] * len(o["bbox"])}},
+                               input_columns=["objects"], features=data["train"].features)
+    monkeypatch.setattr(chain, "load_detection_dataset", lambda name, split, seed=0: broken if split == "train"
+                        else data["test"])
+    with pytest.raises(ValueError, match="lies outside the 64x64 image"):
+        run_detection_chain(smoke_args(str(tmp_path / "run")))
+    assert not os.path.exists(tmp_path / "run" / "teacher")

@@ -1,0 +1,119 @@
+"""The DETR-guided GAN (class probes, guidance through the teacher) and the detection pipeline's dataset."""
+
+import os
+
+import pytest
+import torch
+from datasets import load_from_disk
+
+from hf_dfkd.detection import build_detector, check_detection_dataset, make_digits_detection_dataset
+from hf_dfkd.detection.gan_trainer import (
+    DetectionClassProbes,
+    DetectionGANConfig,
+    DetectionGANTrainer,
+    DetectionGANTransform,
+    compute_detection_class_probes,
+)
+from hf_dfkd.detection.pipeline import DetectionSyntheticPipeline
+from hf_dfkd.hub import read_sidecar
+from hf_dfkd.models import ConditionalDiscriminator, ConditionalGenerator
+
+NAMES = [str(i) for i in range(10)]
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    return build_detector("detr", class_names=NAMES, image_size=(64, 64), num_queries=5, d_model=32,
+                          encoder_layers=1, decoder_layers=1, attention_heads=2, backbone_hidden_sizes=(8, 16, 32),
+                          seed=0).eval()
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_digits_detection_dataset(num_train=24, num_test=8, seed=0)
+
+
+def gan(size=64):
+    return (ConditionalGenerator(num_classes=10, image_size=size, num_channels=3, channels=(32, 16, 8)),
+            ConditionalDiscriminator(num_classes=10, image_size=size, num_channels=3, channels=(8, 16, 32)))
+
+
+def test_class_probes_are_cross_attention_maps_per_class_and_round_trip(tmp_path, teacher, data):
+    probes = compute_detection_class_probes(teacher, data["train"], 64, correct_only=False, disable_tqdm=True)
+    assert probes.probes.shape == (10, 16)  # 64 px / stride 16 = 4x4 encoder tokens
+    torch.testing.assert_close(probes.probes.sum(-1), torch.ones(10))  # averages of softmax rows
+    assert sum(probes.counts) == sum(len(o["category"]) for o in data["train"]["objects"])
+    assert teacher.config._attn_implementation == "sdpa"  # eager only inside the computation
+    probes.save(str(tmp_path))
+    loaded = DetectionClassProbes.load(str(tmp_path))
+    torch.testing.assert_close(loaded.probes, probes.probes)
+    assert loaded.image_size == 64 and loaded.counts == probes.counts
+
+
+def test_guidance_flows_through_the_frozen_teacher_into_the_generator(tmp_path, teacher, data):
+    probes = compute_detection_class_probes(teacher, data["train"], 64, correct_only=False, disable_tqdm=True)
+    g, d = gan()
+    config = DetectionGANConfig(str(tmp_path / "gan"), max_steps=2, batch_size=8, eval_steps=2, logging_steps=1,
+                                use_cpu=True, eval_images_per_class=1, lambda_diversity=0.0)
+    trainer = DetectionGANTrainer(teacher, g, d, config, data["train"].with_transform(DetectionGANTransform(64)),
+                                  class_probes=probes)
+    fake = trainer.generator(torch.randn(4, 100), torch.tensor([0, 1, 2, 3]))
+    total, parts = trainer.guidance_losses(fake, torch.tensor([0, 1, 2, 3]))
+    assert set(parts) == {"det_loss", "attn_loss"}
+    total.backward()
+    assert trainer.generator.net[0].weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in teacher.parameters())  # frozen
+    metrics = trainer.train()
+    assert {"eval_teacher_accuracy", "eval_teacher_detects_class", "eval_attn_loss"} <= set(metrics)
+    assert {"det_loss", "attn_loss"} <= set(trainer.log_history[0])
+    assert teacher.config._attn_implementation == "sdpa"  # restored after training
+    assert os.path.isfile(tmp_path / "gan" / "generator" / "diffusion_pytorch_model.safetensors")
+
+
+def test_attention_guidance_needs_probes_at_the_generators_size(tmp_path, teacher, data):
+    g, d = gan()
+    config = DetectionGANConfig(str(tmp_path), max_steps=1, batch_size=8, use_cpu=True)
+    transformed = data["train"].with_transform(DetectionGANTransform(64))
+    with pytest.raises(ValueError, match="lambda_attn > 0 needs class_probes"):
+        DetectionGANTrainer(teacher, g, d, config, transformed)
+    wrong = DetectionClassProbes(torch.ones(10, 4) / 4, image_size=32)
+    with pytest.raises(ValueError, match="computed at 32px"):
+        DetectionGANTrainer(teacher, g, d, config, transformed, class_probes=wrong)
+    teacher.config._attn_implementation  # still usable
+    with pytest.raises(ValueError, match="class counts differ"):
+        DetectionGANTrainer(teacher, ConditionalGenerator(num_classes=4, image_size=64, channels=(8, 8, 8)), d,
+                            config, transformed, class_probes=wrong)
+
+
+def test_pipeline_writes_a_hub_detection_dataset_annotated_by_the_teacher(tmp_path, teacher):
+    g, _ = gan()
+    pipe = DetectionSyntheticPipeline(image_generator=g, teacher=teacher)
+    out = str(tmp_path / "synthetic")
+    data = pipe.write_dataset(20, out, seed=0, score_threshold=0.05)
+    assert 0 < len(data) <= 20
+    assert data.features["objects"]["category"].feature.names == NAMES
+    check_detection_dataset(data, class_names=NAMES)  # every box inside its 64x64 image, positive area
+    row = data[0]
+    assert row["image"].size == (64, 64) and (row["width"], row["height"]) == (64, 64)
+    images = pipe.image_generator(torch.randn(1, 100), torch.tensor([0]))
+    assert len(pipe.detect(images, 0.05)[0]["boxes"]) == len(pipe.detect(images, 0.05)[0]["labels"])
+    info = read_sidecar(out)
+    assert info["task"] == "object-detection" and info["num_generated"] == 20 and info["num_images"] == len(data)
+    card = open(os.path.join(out, "README.md")).read()
+    assert "task_categories:\n- object-detection" in card and "COCO" in card
+    again = pipe.write_dataset(20, str(tmp_path / "again"), seed=0, score_threshold=0.05)
+    assert again["objects"] == data["objects"]  # seeded
+
+
+def test_pipeline_leaves_no_folder_when_the_teacher_detects_nothing(tmp_path, teacher):
+    g, _ = gan()
+    pipe = DetectionSyntheticPipeline(image_generator=g, teacher=teacher)
+    out = str(tmp_path / "synthetic")
+    with pytest.raises(ValueError, match="detected nothing"):
+        pipe.write_dataset(8, out, score_threshold=0.999)
+    assert not os.path.exists(out) and os.listdir(tmp_path) == []
+    with pytest.raises(ValueError, match="score_threshold"):
+        pipe.write_dataset(8, out, score_threshold=1.5)
+    kept = pipe.write_dataset(8, out, score_threshold=0.999, keep_empty=True)
+    assert len(kept) == 8 and all(len(o["bbox"]) == 0 for o in kept["objects"])
+    assert len(load_from_disk(out)) == 8
