@@ -8,6 +8,8 @@
     hf-dfkd distill --teacher T --dataset_name run/synthetic --output_dir run/student
     hf-dfkd evaluate --student run/student --teacher T --dataset_name D --split test
     hf-dfkd push --student run/student --student_repo_id me/student ...
+    hf-dfkd detection                              # the DETR chain on the embedded digits-detection set (CPU)
+    hf-dfkd detection --dataset_name ../drone-detection --output_dir run   # ... on any Hub detection dataset
 
 Each step reads and writes standard artifacts (a model folder, a probes file, a pipeline folder, a dataset folder),
 so steps can run on different machines. Arguments are dataclasses parsed by ``HfArgumentParser``; every
@@ -41,6 +43,7 @@ from .chain import (
 from .class_probes import ClassAttentionProbes, compute_class_attention_probes
 from .config import DistillationConfig
 from .demo import DEMO_DEFAULTS
+from .detection.chain import DetectionChainArguments
 from .gan_trainer import GANConfig
 from .hub import push_pipeline, push_student, push_synthetic_dataset, read_sidecar
 from .io import check_image_dataset, load_classifier, load_image_dataset
@@ -229,12 +232,21 @@ def _chain(args: ChainArguments) -> None:
     run_chain(args)
 
 
+def _detection(args) -> None:
+    from .detection import run_detection_chain
+
+    run_detection_chain(args)
+
+
 # name -> (help, argument dataclasses, function, defaults)
 COMMANDS: dict[str, tuple[str, tuple, Callable, dict]] = {
     "demo": ("The whole chain on scikit-learn's digits, on the CPU (README's first command).",
              (ChainArguments,), _chain, DEMO_DEFAULTS),
     "chain": ("The whole chain on a labelled image dataset: teacher, probes, guided cGAN, synthetic set, student, "
               "evaluation.", (ChainArguments,), _chain, {}),
+    "detection": ("The data-free DETR chain: teacher, DETR-guided cGAN, synthetic detection set, students in both "
+                  "target modes, mAP on the real split (default: the embedded digits-detection set, CPU).",
+                  (DetectionChainArguments,), _detection, {"output_dir": "hf_dfkd_detection_demo"}),
     "probes": ("Class attention probes of a teacher on real images (safetensors).",
                (ProbesArguments, DataArguments), _probes, {}),
     "train-generator": ("Train the attention-guided conditional GAN; writes a generator pipeline.",

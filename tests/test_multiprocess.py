@@ -59,3 +59,15 @@ def test_recipe_chain_on_two_cpu_processes(tmp_path):
     # one copy of every artifact, written by the main process, nothing half-written left by the other
     assert (out / "student" / "model.safetensors").is_file() and (out / "synthetic" / "state.json").is_file()
     assert not list(out.rglob("*.tmp"))
+
+
+@needs_launcher
+def test_detection_recipe_on_two_cpu_processes(tmp_path):
+    out = tmp_path / "run"
+    results = launch_two_processes(
+        str(Path(__file__).parent.parent / "recipes" / "detr_drone.py"), out, "--preset", "smoke",
+        "--output_dir", str(out), "--use_cpu", "true")
+    assert results["processes"] == 2 and {"teacher", "paired", "hungarian"} <= set(results)
+    for mode in ("paired", "hungarian"):
+        assert (out / f"student-{mode}" / "model.safetensors").is_file()
+    assert (out / "synthetic" / "state.json").is_file() and not list(out.rglob("*.tmp"))
