@@ -88,3 +88,35 @@ def test_bad_boxes_in_the_real_data_stop_the_chain_before_training(tmp_path, mon
     with pytest.raises(ValueError, match="lies outside the 64x64 image"):
         run_detection_chain(smoke_args(str(tmp_path / "run")))
     assert not os.path.exists(tmp_path / "run" / "teacher")
+
+
+def test_detection_student_and_dataset_push_with_detection_cards(tmp_path):
+    import shutil
+
+    import yaml
+
+    from hf_dfkd.hub import push_student, push_synthetic_dataset
+
+    class RecordingApi:
+        def __init__(self):
+            self.folders = {}
+
+        def create_repo(self, repo_id, **kwargs):
+            pass
+
+        def upload_folder(self, *, repo_id, folder_path, repo_type, commit_message):
+            self.folders[repo_id] = tmp_path / "hub" / repo_id.replace("/", "__")
+            shutil.copytree(folder_path, self.folders[repo_id])
+
+    out = str(tmp_path / "run")
+    run_detection_chain(smoke_args(out, target_modes=["hungarian"]))
+    api = RecordingApi()
+    files = push_student(os.path.join(out, "student-hungarian"), "me/tiny-detr", api=api)
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"} <= set(files)
+    meta = yaml.safe_load(open(api.folders["me/tiny-detr"] / "README.md").read().split("---\n")[1])
+    assert meta["pipeline_tag"] == "object-detection"
+    metrics = {m["name"] for m in meta["model-index"][0]["results"][0]["metrics"]}
+    assert {"student mAP@0.5", "teacher mAP@0.5"} <= metrics
+    push_synthetic_dataset(os.path.join(out, "synthetic"), "me/synthetic-digits", api=api)
+    card = open(api.folders["me/synthetic-digits"] / "README.md").read()
+    assert "- object-detection" in card and "me/synthetic-digits" in card
