@@ -17,7 +17,7 @@ import shlex
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Literal
 
 import torch
@@ -524,6 +524,12 @@ class Stages:
         return result
 
 
+def _field_default(f):
+    if f.default is not MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not MISSING else MISSING
+
+
 def _claim_output_dir(args, volatile: tuple[str, ...] = ("overwrite",)) -> None:
     """Refuse to mix two runs' artifacts: an existing output_dir must hold a run with the same arguments
     (except the ``volatile`` ones, which do not change any artifact)."""
@@ -531,6 +537,9 @@ def _claim_output_dir(args, volatile: tuple[str, ...] = ("overwrite",)) -> None:
     current = {k: v for k, v in asdict(args).items() if k not in volatile}
     if os.path.isdir(args.output_dir) and os.listdir(args.output_dir):
         previous = json.load(open(path)) if os.path.isfile(path) else None
+        if previous is not None:  # an argument added since that run took its default there
+            defaults = {f.name: _field_default(f) for f in fields(args)}
+            previous = {**{k: defaults[k] for k in current if k not in previous}, **previous}
         if previous != current:
             if not args.overwrite:
                 what = "another run's artifacts" if previous is None else "a run with other arguments (" + ", ".join(

@@ -120,3 +120,19 @@ def test_detection_student_and_dataset_push_with_detection_cards(tmp_path):
     push_synthetic_dataset(os.path.join(out, "synthetic"), "me/synthetic-digits", api=api)
     card = open(api.folders["me/synthetic-digits"] / "README.md").read()
     assert "- object-detection" in card and "me/synthetic-digits" in card
+
+
+def test_output_dir_claim_accepts_arguments_added_since_with_their_defaults(tmp_path):
+    from hf_dfkd.chain import _claim_output_dir
+
+    args = DetectionChainArguments(output_dir=str(tmp_path / "run"))
+    _claim_output_dir(args)
+    path = tmp_path / "run" / "chain_args.json"
+    saved = json.loads(path.read_text())
+    del saved["student_ffn_dim"]  # a run made before that argument existed
+    path.write_text(json.dumps(saved))
+    _claim_output_dir(args)  # same run: resumes
+    saved["num_queries"] = 7
+    path.write_text(json.dumps(saved))
+    with pytest.raises(FileExistsError, match="num_queries: 7 -> 10"):
+        _claim_output_dir(args)

@@ -276,6 +276,8 @@ class DetectionChainArguments:
     teacher_d_model: int = field(default=128, metadata={"help": "Transformer width of the teacher."})
     teacher_layers: int = field(default=2, metadata={"help": "Encoder and decoder layers of the teacher (each)."})
     teacher_heads: int = field(default=4, metadata={"help": "Attention heads of the teacher."})
+    teacher_ffn_dim: int | None = field(default=None, metadata={
+        "help": "Feed-forward width of the teacher's transformer (default 4 x d_model; DETR R50: 2048)."})
     num_queries: int = field(default=10, metadata={"help": "Object queries of teacher and student."})
     teacher_epochs: float = field(default=20, metadata={"help": "Teacher epochs on the real train split."})
     teacher_learning_rate: float = field(default=2e-4, metadata={"help": "AdamW learning rate of the teacher."})
@@ -310,6 +312,8 @@ class DetectionChainArguments:
     student_d_model: int = field(default=64, metadata={"help": "Transformer width of the student."})
     student_layers: int = field(default=1, metadata={"help": "Encoder and decoder layers of the student (each)."})
     student_heads: int = field(default=2, metadata={"help": "Attention heads of the student."})
+    student_ffn_dim: int | None = field(default=None, metadata={
+        "help": "Feed-forward width of the student's transformer (default 4 x d_model)."})
     student_patch_size: int = field(default=16, metadata={"help": "Patch size of a YOLOS student."})
     student_epochs: float = field(default=10, metadata={"help": "Student epochs over the synthetic set."})
     student_learning_rate: float = field(default=2e-4, metadata={"help": "AdamW learning rate of the students."})
@@ -331,6 +335,26 @@ class DetectionChainArguments:
                 raise ValueError(f"{name} must be in (0, 1), got {getattr(self, name)}")
         if len(self.generator_channels) != 3 or len(self.discriminator_channels) != 3:
             raise ValueError("generator_channels and discriminator_channels take three widths each")
+
+    def build_teacher(self, class_names: list[str]) -> PreTrainedModel:
+        """A fresh DETR teacher of these sizes (the data owner's model when none is given)."""
+        return build_detector(
+            "detr", class_names=class_names, image_size=(self.image_size, self.image_size),
+            num_queries=self.num_queries, d_model=self.teacher_d_model, encoder_layers=self.teacher_layers,
+            decoder_layers=self.teacher_layers, attention_heads=self.teacher_heads, ffn_dim=self.teacher_ffn_dim,
+            backbone_hidden_sizes=self.teacher_backbone_hidden_sizes, backbone_depths=self.teacher_backbone_depths,
+            backbone_layer_type=self.teacher_backbone_layer_type,
+            backbone_embedding_size=min(64, self.teacher_backbone_hidden_sizes[0]), seed=self.seed)
+
+    def build_student(self, class_names: list[str]) -> PreTrainedModel:
+        """A fresh student of these sizes (DETR or YOLOS)."""
+        return build_detector(
+            self.student_family, class_names=class_names, image_size=(self.image_size, self.image_size),
+            num_queries=self.num_queries, d_model=self.student_d_model, encoder_layers=self.student_layers,
+            decoder_layers=self.student_layers, attention_heads=self.student_heads, ffn_dim=self.student_ffn_dim,
+            backbone_hidden_sizes=self.student_backbone_hidden_sizes, backbone_depths=self.student_backbone_depths,
+            backbone_embedding_size=min(64, self.student_backbone_hidden_sizes[0]),
+            patch_size=self.student_patch_size, auxiliary_loss=False, seed=self.seed + 1)
 
 
 def run_detection_chain(args: DetectionChainArguments) -> dict:
@@ -354,12 +378,7 @@ def run_detection_chain(args: DetectionChainArguments) -> dict:
     test = check_detection_dataset(test, class_names=names, where=f"split {args.test_split!r}", **check)
 
     def make_teacher():
-        model = build_detector(
-            "detr", class_names=names, image_size=size, num_queries=args.num_queries, d_model=args.teacher_d_model,
-            encoder_layers=args.teacher_layers, decoder_layers=args.teacher_layers,
-            attention_heads=args.teacher_heads, backbone_hidden_sizes=args.teacher_backbone_hidden_sizes,
-            backbone_depths=args.teacher_backbone_depths, backbone_layer_type=args.teacher_backbone_layer_type,
-            backbone_embedding_size=min(64, args.teacher_backbone_hidden_sizes[0]), seed=args.seed)
+        model = args.build_teacher(names)
         return train_detector(model, train, os.path.join(out, "teacher"), image_size=size,
                               epochs=args.teacher_epochs, learning_rate=args.teacher_learning_rate,
                               batch_size=args.teacher_batch_size, seed=args.seed, use_cpu=args.use_cpu,
@@ -420,13 +439,7 @@ def run_detection_chain(args: DetectionChainArguments) -> dict:
         student_dir = student_dirs[target_mode] = os.path.join(out, f"student-{target_mode}")
 
         def make_student(target_mode=target_mode, student_dir=student_dir):
-            student = build_detector(
-                args.student_family, class_names=names, image_size=size, num_queries=args.num_queries,
-                d_model=args.student_d_model, encoder_layers=args.student_layers, decoder_layers=args.student_layers,
-                attention_heads=args.student_heads, backbone_hidden_sizes=args.student_backbone_hidden_sizes,
-                backbone_depths=args.student_backbone_depths,
-                backbone_embedding_size=min(64, args.student_backbone_hidden_sizes[0]), patch_size=args.student_patch_size,
-                auxiliary_loss=False, seed=args.seed + 1)
+            student = args.build_student(names)
             steps = args.student_epochs * -(-len(synthetic) // (args.student_batch_size * state.num_processes))
             config = DetrDistillationConfig(
                 student_dir, target_mode=target_mode, num_train_epochs=args.student_epochs,
