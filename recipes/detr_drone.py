@@ -26,7 +26,7 @@ PRESETS = {
     "cpu": dict(
         output_dir="runs/detr_drone_cpu", image_size=128, num_queries=10,
         teacher_backbone_hidden_sizes=[64, 128, 256], teacher_backbone_depths=[2, 2, 2], teacher_d_model=256,
-        teacher_layers=3, teacher_heads=8, teacher_epochs=80, teacher_learning_rate=2e-4, teacher_batch_size=16,
+        teacher_layers=3, teacher_heads=8, teacher_epochs=60, teacher_learning_rate=2e-4, teacher_batch_size=16,
         gan_epochs=10, gan_batch_size=32, generator_channels=[128, 64, 32], discriminator_channels=[32, 64, 128],
         num_synthetic=2000, score_threshold=0.3,
         student_backbone_hidden_sizes=[32, 64, 128], student_backbone_depths=[1, 1, 1], student_d_model=64,

@@ -1,6 +1,7 @@
 """DetrDistillationTrainer: both target modes train and log their components; bad pairs are refused early."""
 
 import pytest
+import torch
 from transformers import ConditionalDetrConfig, ConditionalDetrForObjectDetection, ResNetConfig
 
 from hf_dfkd.detection import (
@@ -100,3 +101,12 @@ def test_load_detector_says_what_is_wrong_before_any_download(tmp_path):
         load_detector(str(tmp_path / "vit"), "teacher")
     tiny().save_pretrained(tmp_path / "detr")
     assert load_detector(str(tmp_path / "detr")).config.model_type == "detr"
+
+
+def test_fresh_detr_can_train_from_scratch_distinct_queries_and_trainable_backbone():
+    model = tiny()
+    queries = model.model.query_position_embeddings.weight
+    assert 0.7 < queries.std().item() < 1.3  # N(0, 1) as in DETR, not transformers' 0.02 (queries would collapse)
+    backbone = model.model.backbone.model
+    assert all(p.requires_grad for p in backbone.parameters())  # DETR freezes the stem for pretrained weights
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.modules())

@@ -118,8 +118,14 @@ def build_detector(
         raise ValueError(f"family must be 'detr' or 'yolos', got {family!r}")
     if seed is not None:
         torch.manual_seed(seed)
+    model = model_cls(config)
+    if family == "detr":
+        # transformers initialises the object queries with std 0.02 (fine for fine-tuning a pretrained DETR); from
+        # scratch, queries that close together collapse into one (every query predicts the same box). The original
+        # DETR draws them from N(0, 1).
+        nn.init.normal_(model.model.query_position_embeddings.weight)
     # freshly initialised: the whole backbone trains, with real batch norm (see make_backbone_trainable)
-    return make_backbone_trainable(model_cls(config))
+    return make_backbone_trainable(model)
 
 
 def make_backbone_trainable(model: PreTrainedModel) -> PreTrainedModel:
