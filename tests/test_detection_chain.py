@@ -136,3 +136,19 @@ def test_output_dir_claim_accepts_arguments_added_since_with_their_defaults(tmp_
     path.write_text(json.dumps(saved))
     with pytest.raises(FileExistsError, match="num_queries: 7 -> 10"):
         _claim_output_dir(args)
+
+
+def test_a_synthetic_set_smaller_than_one_batch_is_a_clear_error(tmp_path):
+    from hf_dfkd.detection import (DetrDistillationConfig, build_detector, distill_detector,
+                                   make_digits_detection_dataset)
+
+    names = [str(i) for i in range(10)]
+    kw = dict(class_names=names, image_size=(64, 64), num_queries=5, d_model=16, encoder_layers=1, decoder_layers=1,
+              attention_heads=2, backbone_hidden_sizes=(8, 8, 16))
+    tiny_set = make_digits_detection_dataset(num_train=3, num_test=1)["train"]
+    config = DetrDistillationConfig(str(tmp_path / "student"), per_device_train_batch_size=8, use_cpu=True,
+                                    dataloader_drop_last=True, report_to="none")
+    with pytest.raises(ValueError, match="has 3 images, fewer than one batch of 8"):
+        distill_detector(build_detector("detr", **kw), build_detector("detr", **kw), tiny_set, config,
+                         image_size=(64, 64))
+    assert not os.path.exists(tmp_path / "student")

@@ -188,6 +188,10 @@ def distill_detector(
     names = [teacher.config.id2label[i] for i in range(teacher.config.num_labels)]
     train_dataset = check_detection_dataset(train_dataset, class_names=names, image_column=image_column,
                                             objects_column=objects_column, where="the distillation set")
+    batch = config.per_device_train_batch_size * max(config.world_size, 1)
+    if config.dataloader_drop_last and len(train_dataset) < batch:
+        raise ValueError(f"the distillation set has {len(train_dataset)} images, fewer than one batch of {batch}: "
+                         "generate more (num_synthetic, or a lower score_threshold) or lower the student batch size")
     processor = detection_processor(image_size)
     transform = DetectionTransform(processor, image_size, image_column, objects_column)
     output_dir = config.output_dir
@@ -279,7 +283,7 @@ class DetectionChainArguments:
     teacher_ffn_dim: int | None = field(default=None, metadata={
         "help": "Feed-forward width of the teacher's transformer (default 4 x d_model; DETR R50: 2048)."})
     num_queries: int = field(default=10, metadata={"help": "Object queries of teacher and student."})
-    teacher_epochs: float = field(default=20, metadata={"help": "Teacher epochs on the real train split."})
+    teacher_epochs: float = field(default=60, metadata={"help": "Teacher epochs on the real train split."})
     teacher_learning_rate: float = field(default=2e-4, metadata={"help": "AdamW learning rate of the teacher."})
     teacher_batch_size: int = field(default=16, metadata={"help": "Teacher batch size."})
     # detection class probes and the guided GAN
@@ -289,7 +293,7 @@ class DetectionChainArguments:
     lambda_detection: float = field(default=1.0, metadata={
         "help": "Weight of the 'teacher detects the conditioning class' loss (0: off)."})
     lambda_diversity: float = field(default=0.2, metadata={"help": "Weight of the mode-seeking loss (0: off)."})
-    gan_epochs: float = field(default=5, metadata={"help": "GAN epochs over the real train images with objects."})
+    gan_epochs: float = field(default=20, metadata={"help": "GAN epochs over the real train images with objects."})
     gan_steps: int = field(default=-1, metadata={"help": "If > 0: GAN steps, overriding gan_epochs."})
     gan_batch_size: int = field(default=32, metadata={"help": "Real (and fake) images per GAN step."})
     gan_learning_rate: float = field(default=2e-4, metadata={"help": "Adam learning rate of G and D."})
