@@ -93,6 +93,16 @@ def _bullets(items: dict[str, Any]) -> str:
 # ---- cards ----------------------------------------------------------------------------------------------------------
 
 
+def _results_on(task: str, dataset_name: str, split: str):
+    """``result(metric, value, label)`` → an ``EvalResult`` of ``task`` on that dataset split (model-index)."""
+
+    def result(metric: str, value: float, label: str) -> EvalResult:
+        return EvalResult(task_type=task, dataset_type=dataset_name, dataset_name=dataset_name, dataset_split=split,
+                          metric_type=metric, metric_value=round(value, 6), metric_name=label)
+
+    return result
+
+
 def student_card(student_dir: str | os.PathLike, repo_id: str | None = None) -> ModelCard:
     """The student's model card, with ``model-index`` results, from its sidecar (written by ``hf-dfkd evaluate``).
 
@@ -113,9 +123,7 @@ def student_card(student_dir: str | os.PathLike, repo_id: str | None = None) -> 
     teacher = provenance.get("teacher", results.get("teacher", "unknown"))
     name = repo_id.split("/")[-1] if repo_id else Path(student_dir).resolve().name
 
-    def result(metric: str, value: float, label: str) -> EvalResult:
-        return EvalResult(task_type="image-classification", dataset_type=dataset_name, dataset_name=dataset_name,
-                          dataset_split=split, metric_type=metric, metric_value=round(value, 6), metric_name=label)
+    result = _results_on("image-classification", dataset_name, split)
 
     card_data = ModelCardData(
         model_name=name,
@@ -263,9 +271,7 @@ def detection_student_card(student_dir: str | os.PathLike, repo_id: str | None =
     teacher_name = provenance.get("teacher", "unknown")
     name = repo_id.split("/")[-1] if repo_id else Path(student_dir).resolve().name
 
-    def result(metric: str, value: float, label: str) -> EvalResult:
-        return EvalResult(task_type="object-detection", dataset_type=dataset_name, dataset_name=dataset_name,
-                          dataset_split=split, metric_type=metric, metric_value=round(value, 6), metric_name=label)
+    result = _results_on("object-detection", dataset_name, split)
 
     card_data = ModelCardData(
         model_name=name,

@@ -10,17 +10,16 @@ from datasets import Dataset
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
+from transformers.image_transforms import center_to_corners_format
 
 from .data import DetectionCollator, DetectionTransform, detection_class_names, detection_processor
 from .models import count_parameters
 
-__all__ = ["center_to_corners", "evaluate_detectors", "measure_latency", "query_predictions"]
+__all__ = ["center_to_corners", "evaluate_detectors", "map_inputs", "measure_latency", "query_predictions"]
 
 
-def center_to_corners(boxes: torch.Tensor) -> torch.Tensor:
-    """``(…, 4)`` ``cx, cy, w, h`` → ``x0, y0, x1, y1``."""
-    cx, cy, w, h = boxes.unbind(-1)
-    return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
+center_to_corners = center_to_corners_format
+"""``(…, 4)`` ``cx, cy, w, h`` → ``x0, y0, x1, y1`` (transformers' own conversion)."""
 
 
 def query_predictions(logits: torch.Tensor, boxes: torch.Tensor, sizes: torch.Tensor) -> list[dict]:
@@ -30,6 +29,21 @@ def query_predictions(logits: torch.Tensor, boxes: torch.Tensor, sizes: torch.Te
     scale = torch.stack([sizes[:, 1], sizes[:, 0], sizes[:, 1], sizes[:, 0]], dim=1).to(boxes)[:, None]
     corners = center_to_corners(boxes) * scale
     return [{"boxes": b, "scores": s, "labels": l} for b, s, l in zip(corners, scores, labels)]
+
+
+def map_inputs(out, labels: list[dict]) -> tuple[list[dict], list[dict]]:
+    """``(predictions, targets)`` for torchmetrics' ``MeanAveragePrecision`` from a detector's outputs and a batch's
+    DETR labels (normalised ``cxcywh`` boxes, ``orig_size``): both in the images' own pixels, on the CPU."""
+    sizes = torch.stack([t["orig_size"] for t in labels]).cpu()
+    predictions = [{k: v.cpu() for k, v in p.items()} for p in
+                   query_predictions(out.logits.detach().float().cpu(), out.pred_boxes.detach().float().cpu(), sizes)]
+    targets = []
+    for t in labels:
+        h, w = t["orig_size"].tolist()
+        scale = torch.tensor([w, h, w, h], dtype=torch.float32)
+        targets.append({"boxes": center_to_corners(t["boxes"].float().cpu()) * scale,
+                        "labels": t["class_labels"].cpu()})
+    return predictions, targets
 
 
 @torch.no_grad()
@@ -79,16 +93,8 @@ def evaluate_detectors(
         model.to(device).eval()
     for batch in tqdm(loader, desc="mAP", disable=disable_tqdm):
         pixels = batch["pixel_values"].to(device)
-        sizes = torch.stack([t["orig_size"] for t in batch["labels"]])
-        targets = []
-        for t in batch["labels"]:
-            h, w = t["orig_size"].tolist()
-            scale = torch.tensor([w, h, w, h], dtype=torch.float32)
-            targets.append({"boxes": center_to_corners(t["boxes"]) * scale, "labels": t["class_labels"]})
         for key, model in models.items():
-            out = model(pixel_values=pixels)
-            metrics[key].update([{k: v.cpu() for k, v in p.items()} for p in
-                                 query_predictions(out.logits.float(), out.pred_boxes.float(), sizes)], targets)
+            metrics[key].update(*map_inputs(model(pixel_values=pixels), batch["labels"]))
     results = {}
     for key, model in models.items():
         m = metrics[key].compute()

@@ -132,13 +132,13 @@ def compute_detection_class_probes(
         for batch in tqdm(loader, desc="Detection class probes", disable=disable_tqdm):
             out = teacher(pixel_values=batch["pixel_values"].to(device), output_attentions=True)
             cross = out.cross_attentions[layer].mean(1).float().cpu()  # (B, Q, tokens)
-            logits = out.logits.float().cpu()
+            probs = out.logits.float().softmax(-1).cpu()  # (B, Q, C + 1)
             if sums is None:
                 sums = torch.zeros(num_classes, cross.shape[-1])
             for b, target in enumerate(batch["labels"]):
                 for c in target["class_labels"].tolist():
-                    q = logits[b].softmax(-1)[:, c].argmax()
-                    if correct_only and logits[b, q, :-1].argmax() != c:
+                    q = probs[b, :, c].argmax()
+                    if correct_only and probs[b, q, :-1].argmax() != c:
                         continue
                     sums[c] += cross[b, q]
                     counts[c] += 1

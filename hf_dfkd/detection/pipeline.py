@@ -18,7 +18,7 @@ from ..hub import detection_dataset_card, write_sidecar
 from ..models import ConditionalGenerator
 from ..pipeline import SyntheticImagePipeline, _to_pil, balanced_labels
 from .data import detection_features
-from .evaluation import center_to_corners
+from .evaluation import query_predictions
 from .gan_trainer import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["DetectionSyntheticPipeline"]
@@ -57,15 +57,14 @@ class DetectionSyntheticPipeline(SyntheticImagePipeline):
         adapter = TeacherInputAdapter(self.config.teacher_image_mean, self.config.teacher_image_std).to(images.device)
         self.teacher.eval()
         out = self.teacher(pixel_values=adapter(images))
-        scores, labels = out.logits.float().softmax(-1)[..., :-1].max(-1)
         h, w = images.shape[-2:]
-        boxes = center_to_corners(out.pred_boxes.float()) * torch.tensor([w, h, w, h], device=images.device)
-        boxes[..., 0::2] = boxes[..., 0::2].clamp(0, w)
-        boxes[..., 1::2] = boxes[..., 1::2].clamp(0, h)
+        sizes = torch.tensor([[h, w]] * len(images))
         results = []
-        for s, l, b in zip(scores, labels, boxes):
-            keep = (s >= score_threshold) & (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
-            results.append({"scores": s[keep].cpu(), "labels": l[keep].cpu(), "boxes": b[keep].cpu()})
+        for found in query_predictions(out.logits.float().cpu(), out.pred_boxes.float().cpu(), sizes):
+            boxes = found["boxes"]
+            boxes[:, 0::2], boxes[:, 1::2] = boxes[:, 0::2].clamp(0, w), boxes[:, 1::2].clamp(0, h)
+            keep = (found["scores"] >= score_threshold) & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+            results.append({k: v[keep] for k, v in found.items()})
         return results
 
     def write_dataset(

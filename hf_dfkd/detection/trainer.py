@@ -15,7 +15,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from ..trainer import NonFiniteLossError
 from .data import DetectionCollator
-from .evaluation import center_to_corners, query_predictions
+from .evaluation import map_inputs
 from .losses import hungarian_detection_loss, paired_detection_loss
 from .models import check_detection_pair, load_detector
 
@@ -151,16 +151,7 @@ class DetrDistillationTrainer(Trainer):
 
         if self._map is None:
             self._map = MeanAveragePrecision(box_format="xyxy")
-        sizes = torch.stack([t["orig_size"] for t in labels]).cpu()
-        predictions = [{k: v.cpu() for k, v in p.items()} for p in
-                       query_predictions(out.logits.detach().float(), out.pred_boxes.detach().float(), sizes)]
-        targets = []
-        for t in labels:
-            h, w = t["orig_size"].tolist()
-            scale = torch.tensor([w, h, w, h], dtype=torch.float32)
-            targets.append({"boxes": center_to_corners(t["boxes"].float().cpu()) * scale,
-                            "labels": t["class_labels"].cpu()})
-        self._map.update(predictions, targets)
+        self._map.update(*map_inputs(out, labels))
 
     def prediction_step(self, model, inputs, prediction_loss_only: bool, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
