@@ -110,3 +110,11 @@ def test_fresh_detr_can_train_from_scratch_distinct_queries_and_trainable_backbo
     backbone = model.model.backbone.model
     assert all(p.requires_grad for p in backbone.parameters())  # DETR freezes the stem for pretrained weights
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.modules())
+
+
+def test_parameter_count_is_the_same_after_a_reload(tmp_path):
+    from hf_dfkd.detection import count_parameters, load_detector
+
+    model = tiny()
+    model.save_pretrained(tmp_path / "m")
+    assert count_parameters(load_detector(str(tmp_path / "m"))) == count_parameters(model)

@@ -47,8 +47,10 @@ class UnsupportedDetectorError(ValueError):
 
 
 def count_parameters(model: nn.Module) -> int:
-    """Number of parameters of ``model``."""
-    return sum(p.numel() for p in model.parameters())
+    """Number of learnt weights of ``model``: its parameters, plus the affine weights that a reloaded DETR keeps as
+    buffers (its frozen batch norm), so a model counts the same before and after ``save_pretrained``."""
+    frozen = sum(b.numel() for n, b in model.named_buffers() if n.endswith((".weight", ".bias")))
+    return sum(p.numel() for p in model.parameters()) + frozen
 
 
 def _resnet(hidden_sizes: Sequence[int], depths: Sequence[int], layer_type: str, embedding_size: int) -> ResNetConfig:
