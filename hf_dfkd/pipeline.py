@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -21,6 +22,27 @@ from .hub import dataset_card, write_sidecar
 from .models import ConditionalGenerator
 
 __all__ = ["SyntheticImagePipeline", "balanced_labels"]
+
+
+@contextlib.contextmanager
+def staged_dataset_folder(output_dir: str | os.PathLike, overwrite: bool = False) -> Iterator[tuple[str, str]]:
+    """Yield ``(work, staged)``: a private folder for caches and the path to save the dataset at. When the block
+    succeeds, ``staged`` replaces ``output_dir``; the work folder goes either way, so a failed or interrupted
+    write never leaves a folder that looks complete under the final name."""
+    output_dir = os.fspath(output_dir)
+    if os.path.exists(output_dir) and not overwrite:
+        raise FileExistsError(f"{output_dir} exists: choose another folder or pass overwrite=True")
+    parent = os.path.dirname(os.path.abspath(output_dir))
+    os.makedirs(parent, exist_ok=True)
+    work = tempfile.mkdtemp(prefix=".hf_dfkd-", dir=parent)
+    try:
+        staged = os.path.join(work, "dataset")
+        yield work, staged
+        if os.path.exists(output_dir):
+            shutil.rmtree(output_dir)
+        os.replace(staged, output_dir)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def balanced_labels(num_images: int, num_classes: int) -> list[int]:
@@ -170,7 +192,7 @@ class SyntheticImagePipeline(DiffusionPipeline):
         """
         output_dir = os.fspath(output_dir)
         if os.path.exists(output_dir) and not overwrite:
-            raise FileExistsError(f"{output_dir} exists: choose another folder or pass overwrite=True")
+            raise FileExistsError(f"{output_dir} exists: choose another folder or pass overwrite=True")  # before work
         if teacher_logits and self.teacher is None:
             raise ValueError("teacher_logits=True needs a pipeline with a teacher component")
         balanced_labels(num_images, self.num_classes)  # validates num_images before any work
@@ -179,10 +201,7 @@ class SyntheticImagePipeline(DiffusionPipeline):
             features["teacher_logits"] = SequenceFeature(Value("float32"), length=self.num_classes)
         fingerprint = Hasher.hash(("hf_dfkd.synthetic", self._generator_checksum(), num_images, seed, teacher_logits))
 
-        parent = os.path.dirname(os.path.abspath(output_dir))
-        os.makedirs(parent, exist_ok=True)
-        work = tempfile.mkdtemp(prefix=".hf_dfkd-", dir=parent)
-        try:
+        with staged_dataset_folder(output_dir, overwrite) as (work, staged):
             dataset = Dataset.from_generator(
                 self._examples,
                 features=Features(features),
@@ -191,7 +210,6 @@ class SyntheticImagePipeline(DiffusionPipeline):
                 gen_kwargs={"num_images": num_images, "seed": seed, "batch_size": batch_size, "with_logits": teacher_logits},
                 fingerprint=fingerprint,
             )
-            staged = os.path.join(work, "dataset")
             dataset.save_to_disk(staged)
             info = self.dataset_info(num_images, seed, teacher_logits, quality)
             if teacher_logits:  # free with the logits: how often the teacher sees the conditioning class
@@ -201,11 +219,6 @@ class SyntheticImagePipeline(DiffusionPipeline):
                                    **info["quality"]}
             write_sidecar(staged, **info)
             dataset_card(info).save(os.path.join(staged, "README.md"))
-            if os.path.exists(output_dir):
-                shutil.rmtree(output_dir)
-            os.replace(staged, output_dir)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
         from datasets import load_from_disk
 
         return load_from_disk(output_dir)

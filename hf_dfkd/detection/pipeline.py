@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 
 import numpy as np
@@ -16,7 +14,7 @@ from transformers import PreTrainedModel
 from ..data import TeacherInputAdapter
 from ..hub import detection_dataset_card, write_sidecar
 from ..models import ConditionalGenerator
-from ..pipeline import SyntheticImagePipeline, _to_pil, balanced_labels
+from ..pipeline import SyntheticImagePipeline, _to_pil, balanced_labels, staged_dataset_folder
 from .data import detection_features
 from .evaluation import query_predictions
 from .gan_trainer import IMAGENET_MEAN, IMAGENET_STD
@@ -97,10 +95,7 @@ class DetectionSyntheticPipeline(SyntheticImagePipeline):
         stats = {"kept": 0, "found_class": 0, "objects": 0}
         fingerprint = Hasher.hash(("hf_dfkd.detection", self._generator_checksum(), num_images, seed,
                                    score_threshold, keep_empty))
-        parent = os.path.dirname(os.path.abspath(output_dir))
-        os.makedirs(parent, exist_ok=True)
-        work = tempfile.mkdtemp(prefix=".hf_dfkd-", dir=parent)
-        try:
+        with staged_dataset_folder(output_dir, overwrite) as (work, staged):
             empty = ValueError(f"the teacher detected nothing scoring >= {score_threshold} in {num_images} generated "
                                "images: lower score_threshold, pass keep_empty=True, or train the generator longer")
             try:
@@ -114,7 +109,6 @@ class DetectionSyntheticPipeline(SyntheticImagePipeline):
                 if stats["kept"] == 0:  # datasets refuses an empty split; say why it is empty
                     raise empty from None
                 raise
-            staged = os.path.join(work, "dataset")
             dataset.save_to_disk(staged)
             # a fresh cache folder: the generator always ran, so stats describe this dataset
             counts = np.bincount([c for o in dataset["objects"] for c in o["category"]], minlength=self.num_classes)
@@ -142,11 +136,6 @@ class DetectionSyntheticPipeline(SyntheticImagePipeline):
             }
             write_sidecar(staged, **info)
             detection_dataset_card(info).save(os.path.join(staged, "README.md"))
-            if os.path.exists(output_dir):
-                shutil.rmtree(output_dir)
-            os.replace(staged, output_dir)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
         return load_from_disk(output_dir)
 
     def _detection_examples(self, num_images: int, seed: int, batch_size: int, score_threshold: float,
