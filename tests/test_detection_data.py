@@ -10,6 +10,7 @@ from hf_dfkd.detection import (
     DetectionCollator,
     DetectionTransform,
     check_detection_dataset,
+    detection_augmentation,
     detection_features,
     detection_processor,
     evaluate_detectors,
@@ -97,6 +98,27 @@ def test_mixed_image_sizes_come_out_at_one_size_with_boxes_normalised_per_image(
     torch.testing.assert_close(batch["labels"][1]["boxes"], torch.tensor([[0.25, 0.75, 0.5, 0.5]]))
     assert batch["labels"][1]["class_labels"].tolist() == [2]
     assert batch["labels"][1]["orig_size"].tolist() == [100, 200]
+
+
+def test_augmentation_flips_and_crops_boxes_with_the_image():
+    torch.manual_seed(0)
+    data = detection_rows([(64, 48, [[8.0, 12.0, 16.0, 8.0]], [1])] * 64)
+    flip_only = detection_augmentation((48, 64), crop_probability=0.0, color_jitter=0.0)
+    batch = DetectionTransform(detection_processor((48, 64)), (48, 64), augmentation=flip_only)(data[:64])
+    boxes = {tuple(round(v, 4) for v in label["boxes"][0].tolist()) for label in batch["labels"]}
+    # cx = (8 + 8) / 64 = 0.25, or mirrored 0.75; cy, w, h unchanged
+    assert boxes == {(0.25, 0.3333, 0.25, 0.1667), (0.75, 0.3333, 0.25, 0.1667)}
+    crop = detection_augmentation((32, 32), crop_probability=1.0, min_crop_scale=0.1)
+    batch = DetectionTransform(detection_processor((32, 32)), (32, 32), augmentation=crop)(data[:64])
+    assert all(p.shape == (3, 32, 32) for p in batch["pixel_values"])
+    kept = [label for label in batch["labels"] if len(label["class_labels"])]
+    assert 0 < len(kept) < 64  # small crops miss the object: it is dropped, not kept outside the image
+    for label in kept:
+        assert label["class_labels"].tolist() == [1]
+        cx, cy, w, h = label["boxes"][0].tolist()
+        assert 0 <= cx - w / 2 + 1e-6 and cx + w / 2 <= 1 + 1e-6 and 0 <= cy - h / 2 + 1e-6 and cy + h / 2 <= 1 + 1e-6
+    with pytest.raises(ValueError, match="min_crop_scale"):
+        detection_augmentation((32, 32), min_crop_scale=0.0)
 
 
 class _Oracle(torch.nn.Module):

@@ -6,7 +6,7 @@ The layout (as on the Hub): an ``image`` column and an ``objects`` column holdin
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import numpy as np
@@ -18,6 +18,7 @@ from transformers import DetrImageProcessor
 __all__ = [
     "DetectionCollator",
     "DetectionTransform",
+    "detection_augmentation",
     "check_detection_dataset",
     "detection_class_names",
     "detection_features",
@@ -212,6 +213,42 @@ def detection_processor(image_size: tuple[int, int], image_mean: Sequence[float]
     return DetrImageProcessor(size={"height": height, "width": width}, do_pad=False, **kwargs)
 
 
+def detection_augmentation(
+    image_size: tuple[int, int],
+    crop_probability: float = 0.5,
+    min_crop_scale: float = 0.25,
+    color_jitter: float = 0.3,
+) -> Callable[[dict], dict]:
+    """Box-aware training augmentation, built from torchvision's ``transforms.v2``: horizontal flip, a random
+    zoom-in crop (probability ``crop_probability``, crop area ``min_crop_scale``..1 of the image, output
+    ``image_size``) and brightness/contrast/saturation jitter; boxes that fall out of the crop are dropped.
+
+    The returned callable takes and returns ``{"image": PIL image, "boxes": tv_tensors.BoundingBoxes (XYWH pixels),
+    "labels": LongTensor}``. :class:`DetectionTransform` applies it when given as ``augmentation``. It matters for
+    small training sets of videos: frames of one video are near-duplicates, and a detector trained on them without
+    augmentation memorises the backgrounds.
+    """
+    from torchvision.transforms import v2
+
+    if not 0.0 <= crop_probability <= 1.0 or not 0.0 < min_crop_scale <= 1.0 or color_jitter < 0:
+        raise ValueError(f"detection_augmentation: crop_probability must be in [0, 1] (got {crop_probability}), "
+                         f"min_crop_scale in (0, 1] (got {min_crop_scale}) and color_jitter >= 0 "
+                         f"(got {color_jitter}).")
+    aspect = image_size[1] / image_size[0]
+    steps = [
+        v2.RandomHorizontalFlip(0.5),
+        v2.RandomApply([v2.RandomResizedCrop(image_size, scale=(min_crop_scale, 1.0),
+                                             ratio=(0.8 * aspect, 1.25 * aspect), antialias=True)],
+                       p=crop_probability),
+        v2.Resize(image_size, antialias=True),  # jitter the small image, not the full frame
+    ]
+    if color_jitter > 0:
+        steps.append(v2.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter))
+    # a crop cuts boxes: clamp them to the image, then drop the ones left under 1 pixel wide or high
+    steps += [v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes(min_size=1.0)]
+    return v2.Compose(steps)
+
+
 class DetectionTransform:
     """``dataset.with_transform`` function: images → ``pixel_values`` at one fixed size, COCO boxes → DETR labels.
 
@@ -221,24 +258,41 @@ class DetectionTransform:
     """
 
     def __init__(self, processor: DetrImageProcessor, image_size: tuple[int, int] | None = None,
-                 image_column: str = "image", objects_column: str = "objects"):
+                 image_column: str = "image", objects_column: str = "objects",
+                 augmentation: Callable[[dict], dict] | None = None):
         self.processor = processor
         self.size = None if image_size is None else {"height": image_size[0], "width": image_size[1]}
         self.image_column, self.objects_column = image_column, objects_column
+        self.augmentation = augmentation
 
     def __call__(self, batch: dict) -> dict:
         images = [image.convert("RGB") for image in batch[self.image_column]]
+        objects = [(list(o["bbox"]), list(o["category"])) for o in batch[self.objects_column]]
+        if self.augmentation is not None:
+            images, objects = zip(*(self._augment(image, boxes, categories)
+                                    for image, (boxes, categories) in zip(images, objects)))
         annotations = [
             {"image_id": i, "annotations": [
                 {"bbox": list(b), "category_id": int(c), "area": float(b[2] * b[3]), "iscrowd": 0}
-                for b, c in zip(o["bbox"], o["category"])]}
-            for i, o in enumerate(batch[self.objects_column])
+                for b, c in zip(boxes, categories)]}
+            for i, (boxes, categories) in enumerate(objects)
         ]
         kwargs = {} if self.size is None else {"size": self.size, "do_pad": False}
         encoded = self.processor(images=images, annotations=annotations, return_tensors="pt", **kwargs)
         labels = [{"class_labels": t["class_labels"], "boxes": t["boxes"], "orig_size": t["orig_size"]}
                   for t in encoded["labels"]]
         return {"pixel_values": list(encoded["pixel_values"]), "labels": labels}
+
+    def _augment(self, image: PILImage.Image, boxes: list, categories: list) -> tuple[PILImage.Image, tuple]:
+        from torchvision import tv_tensors
+
+        sample = self.augmentation({
+            "image": image,
+            "boxes": tv_tensors.BoundingBoxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                                              format="XYWH", canvas_size=(image.height, image.width)),
+            "labels": torch.tensor(categories, dtype=torch.long),
+        })
+        return sample["image"], (sample["boxes"].tolist(), sample["labels"].tolist())
 
 
 class DetectionCollator:
