@@ -59,15 +59,33 @@ def test_guidance_flows_through_the_frozen_teacher_into_the_generator(tmp_path, 
                                   class_probes=probes)
     fake = trainer.generator(torch.randn(4, 100), torch.tensor([0, 1, 2, 3]))
     total, parts = trainer.guidance_losses(fake, torch.tensor([0, 1, 2, 3]))
-    assert set(parts) == {"det_loss", "attn_loss"}
+    assert set(parts) == {"det_loss", "bg_loss", "attn_loss"}
     total.backward()
     assert trainer.generator.net[0].weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in teacher.parameters())  # frozen
     metrics = trainer.train()
-    assert {"eval_teacher_accuracy", "eval_teacher_detects_class", "eval_attn_loss"} <= set(metrics)
-    assert {"det_loss", "attn_loss"} <= set(trainer.log_history[0])
+    assert {"eval_teacher_accuracy", "eval_teacher_detects_class", "eval_teacher_detections_per_image",
+            "eval_attn_loss"} <= set(metrics)
+    assert {"det_loss", "bg_loss", "attn_loss"} <= set(trainer.log_history[0])
     assert teacher.config._attn_implementation == "sdpa"  # restored after training
     assert os.path.isfile(tmp_path / "gan" / "generator" / "diffusion_pytorch_model.safetensors")
+
+
+def test_the_one_object_term_is_weighted_and_can_be_turned_off(tmp_path, teacher, data):
+    g, d = gan()
+    transformed = data["train"].with_transform(DetectionGANTransform(64))
+    labels = torch.tensor([0, 1, 2, 3])
+    fake = g(torch.randn(4, 100, generator=torch.Generator().manual_seed(0)), labels).detach()
+    totals = {}
+    for weight in (0.0, 1.0, 3.0):
+        config = DetectionGANConfig(str(tmp_path / str(weight)), max_steps=1, batch_size=8, use_cpu=True,
+                                    lambda_attn=0.0, lambda_background=weight)
+        total, parts = DetectionGANTrainer(teacher, g, d, config, transformed).guidance_losses(fake, labels)
+        assert ("bg_loss" in parts) == (weight > 0)
+        totals[weight] = total.item()
+    torch.testing.assert_close(torch.tensor(totals[3.0] - totals[0.0]), torch.tensor(3 * (totals[1.0] - totals[0.0])))
+    with pytest.raises(ValueError, match="lambda_background must be >= 0"):
+        DetectionGANConfig(str(tmp_path), lambda_background=-1.0)
 
 
 def test_attention_guidance_needs_probes_at_the_generators_size(tmp_path, teacher, data):

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from hf_dfkd.detection.losses import (
+    background_query_loss,
     expanded_target_bce,
     hungarian_detection_loss,
     paired_box_loss,
@@ -98,3 +99,20 @@ def test_hungarian_loss_works_with_fewer_student_queries_and_no_detections():
     assert torch.isfinite(parts["loss"]) and s.grad.abs().sum() > 0
     none = hungarian_detection_loss(s, sb, t, tb, threshold=0.9999)
     assert none["matched"].item() == 0 and none["box_loss"].item() == 0.0 and torch.isfinite(none["loss"])
+
+
+def test_background_query_loss_asks_every_query_but_the_objects_for_no_object():
+    logits, _ = outputs(b=2, q=4, c=3)
+    logits.requires_grad_(True)
+    best = torch.tensor([1, 3])
+    loss = background_query_loss(logits, best)
+    log_bg = F.log_softmax(logits, -1)[..., -1]
+    expected = -(log_bg[0, [0, 2, 3]].sum() + log_bg[1, [0, 1, 2]].sum()) / 6
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    loss.backward()
+    assert logits.grad[0, 1].abs().sum() == 0 and logits.grad[1, 3].abs().sum() == 0  # the object's query is free
+    assert logits.grad[0, 0].abs().sum() > 0
+    confident = torch.full((2, 4, 4), -20.0)
+    confident[..., -1] = 20.0
+    assert background_query_loss(confident, best).item() == pytest.approx(0.0, abs=1e-6)
+    assert background_query_loss(logits[:, :1].detach(), torch.tensor([0, 0])).item() == 0.0  # one query: nothing

@@ -26,6 +26,7 @@ from .data import (
     DetectionCollator,
     DetectionTransform,
     check_detection_dataset,
+    detection_augmentation,
     detection_class_names,
     detection_processor,
     make_digits_detection_dataset,
@@ -82,19 +83,22 @@ def train_detector(
     objects_column: str = "objects",
     invalid_boxes: str = "error",
     logging_steps: int = 50,
+    augmentation: bool = False,
 ) -> PreTrainedModel:
     """Train a DETR/YOLOS detector on labelled real images with the plain ``Trainer`` (the model's own Hungarian
     loss) and save it, with its image processor, to ``output_dir``.
 
     The data owner's step (a user with a trained teacher skips it). AdamW, cosine schedule with warm-up, gradients
-    clipped at 0.1 as in DETR. The dataset is checked (label set, boxes) before training starts.
+    clipped at 0.1 as in DETR. The dataset is checked (label set, boxes) before training starts. ``augmentation``
+    turns on :func:`~hf_dfkd.detection.detection_augmentation` (flip, zoom-in crop, colour jitter).
     """
     names = [model.config.id2label[i] for i in range(model.config.num_labels)]
     train_dataset = check_detection_dataset(train_dataset, class_names=names, image_column=image_column,
                                             objects_column=objects_column, invalid_boxes=invalid_boxes,
                                             where="the detector's training split")
     processor = detection_processor(image_size)
-    transform = DetectionTransform(processor, image_size, image_column, objects_column)
+    transform = DetectionTransform(processor, image_size, image_column, objects_column,
+                                   augmentation=detection_augmentation(image_size) if augmentation else None)
     with atomic_folder(output_dir) as tmp:
         args = TrainingArguments(
             os.path.join(tmp, "run"), num_train_epochs=epochs, learning_rate=learning_rate,
@@ -154,7 +158,9 @@ def train_detection_generator(
         quality = {"teacher's top detection has the conditioning class (eval grid)":
                    round(metrics["eval_teacher_accuracy"], 4),
                    "teacher detects the conditioning class with score >= 0.5 (eval grid)":
-                   round(metrics["eval_teacher_detects_class"], 4)}
+                   round(metrics["eval_teacher_detects_class"], 4),
+                   "teacher detections with score >= 0.5 per image (eval grid)":
+                   round(metrics["eval_teacher_detections_per_image"], 4)}
         if "eval_attn_loss" in metrics:
             quality["attention loss 1 - cos(AP, CAP) (eval grid)"] = round(metrics["eval_attn_loss"], 4)
         with atomic_folder(os.path.join(config.output_dir, "pipeline")) as tmp:
@@ -164,6 +170,7 @@ def train_detection_generator(
                           quality=quality, generator_parameters=count_parameters(generator),
                           gan={"steps": trainer.global_step, "lambda_attn": config.lambda_attn,
                                "lambda_detection": config.lambda_detection,
+                               "lambda_background": config.lambda_background,
                                "lambda_diversity": config.lambda_diversity, "batch_size": config.batch_size,
                                "seed": config.seed})
             pipeline_card(tmp).save(os.path.join(tmp, "README.md"))
@@ -286,12 +293,17 @@ class DetectionChainArguments:
     teacher_epochs: float = field(default=60, metadata={"help": "Teacher epochs on the real train split."})
     teacher_learning_rate: float = field(default=2e-4, metadata={"help": "AdamW learning rate of the teacher."})
     teacher_batch_size: int = field(default=16, metadata={"help": "Teacher batch size."})
+    teacher_augmentation: bool = field(default=False, metadata={
+        "help": "Augment the teacher's training images (flip, zoom-in crop, colour jitter): for real footage, where "
+                "frames of one video are near-duplicates."})
     # detection class probes and the guided GAN
     probe_images: int | None = field(default=None, metadata={
         "help": "Real train images whose objects make the detection class probes (default: all)."})
     lambda_attn: float = field(default=1.0, metadata={"help": "Weight of the cross-attention probe loss (0: off)."})
     lambda_detection: float = field(default=1.0, metadata={
         "help": "Weight of the 'teacher detects the conditioning class' loss (0: off)."})
+    lambda_background: float = field(default=1.0, metadata={
+        "help": "Weight of the 'every other query says no object' loss: one object per synthetic image (0: off)."})
     lambda_diversity: float = field(default=0.2, metadata={"help": "Weight of the mode-seeking loss (0: off)."})
     gan_epochs: float = field(default=20, metadata={"help": "GAN epochs over the real train images with objects."})
     gan_steps: int = field(default=-1, metadata={"help": "If > 0: GAN steps, overriding gan_epochs."})
@@ -386,7 +398,8 @@ def run_detection_chain(args: DetectionChainArguments) -> dict:
         return train_detector(model, train, os.path.join(out, "teacher"), image_size=size,
                               epochs=args.teacher_epochs, learning_rate=args.teacher_learning_rate,
                               batch_size=args.teacher_batch_size, seed=args.seed, use_cpu=args.use_cpu,
-                              image_column=args.image_column, objects_column=args.objects_column)
+                              image_column=args.image_column, objects_column=args.objects_column,
+                              augmentation=args.teacher_augmentation)
 
     teacher = stage("teacher", args.teacher_name_or_path or os.path.join(out, "teacher"),
                     lambda p: load_detector(p, "teacher"), make_teacher, everyone=True).eval()
@@ -414,7 +427,7 @@ def run_detection_chain(args: DetectionChainArguments) -> dict:
             args.gan_epochs * (with_objects // (args.gan_batch_size * state.num_processes))))
         config = DetectionGANConfig(
             gan_dir, lambda_attn=args.lambda_attn, lambda_detection=args.lambda_detection,
-            lambda_diversity=args.lambda_diversity, max_steps=steps, batch_size=args.gan_batch_size,
+            lambda_background=args.lambda_background, lambda_diversity=args.lambda_diversity, max_steps=steps, batch_size=args.gan_batch_size,
             learning_rate=args.gan_learning_rate, seed=args.seed, use_cpu=args.use_cpu, logging_steps=25,
             eval_steps=max(1, steps // 5), save_steps=max(1, steps // 5), save_total_limit=1,
             eval_images_per_class=8)

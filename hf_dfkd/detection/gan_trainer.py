@@ -5,10 +5,12 @@ an image for class ``c`` is the **decoder cross-attention** (last decoder layer,
 gives ``c`` the highest probability: where in the image the teacher looks when it detects ``c``. The class probe
 ``CAP_c`` averages it over real training objects of class ``c``. The generator loss adds, for ``G(z, y)``:
 
-    L_G = L_adv + λ_attn · (1 − cos(AP_y(G(z, y)), CAP_y)) + λ_det · (−log max_q p_teacher(y | q)) [+ λ_div · L_ms]
+    L_G = L_adv + λ_attn · (1 − cos(AP_y(G(z, y)), CAP_y)) + λ_det · (−log max_q p_teacher(y | q))
+          [+ λ_bg · L_bg] [+ λ_div · L_ms]
 
 so the teacher must detect an object of class ``y`` in the image (its detections later become the annotations),
-attending to it as it does on real objects of that class.
+attending to it as it does on real objects of that class. ``L_bg`` (:func:`~hf_dfkd.detection.losses.
+background_query_loss`) asks every other query for "no object": one object per image, as in the real frames.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from ..gan_trainer import GANConfig, GANTrainer
 from ..losses import attention_guidance_loss
 from ..models import ConditionalDiscriminator, ConditionalGenerator
 from .data import DetectionCollator, DetectionTransform, detection_processor
+from .losses import background_query_loss
 
 __all__ = [
     "DETECTION_PROBES_FILE",
@@ -178,6 +181,9 @@ class DetectionGANConfig(GANConfig):
 
     lambda_detection: float = field(default=1.0, metadata={
         "help": "Weight of −log max_q p_teacher(y | q): the teacher must detect the conditioning class."})
+    lambda_background: float = field(default=1.0, metadata={
+        "help": "Weight of −log p_teacher(no object | q) over the other queries: one object per image (0: off, "
+                "the images may fill with objects)."})
     teacher_image_mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN), metadata={
         "help": "Teacher input mean."})
     teacher_image_std: list[float] = field(default_factory=lambda: list(IMAGENET_STD), metadata={
@@ -185,8 +191,9 @@ class DetectionGANConfig(GANConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.lambda_detection < 0:
-            raise ValueError(f"lambda_detection must be >= 0, got {self.lambda_detection}")
+        for name in ("lambda_detection", "lambda_background"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
 class DetectionGANTrainer(GANTrainer):
@@ -246,25 +253,30 @@ class DetectionGANTrainer(GANTrainer):
         query, prob = _class_queries(out.logits.float(), labels)
         probe = out.cross_attentions[self.class_probes.layer].mean(1)[torch.arange(len(labels)), query] \
             if attend else None
-        return out, prob, probe
+        return out, query, prob, probe
 
     def guidance_losses(self, fake: torch.Tensor, labels: torch.Tensor):
-        if self.args.lambda_attn == 0 and self.args.lambda_detection == 0:
+        if self.args.lambda_attn == 0 and self.args.lambda_detection == 0 and self.args.lambda_background == 0:
             return None, {}
-        _, prob, probe = self._teacher_terms(fake, labels)
+        out, query, prob, probe = self._teacher_terms(fake, labels)
         parts = {"det_loss": -torch.log(prob + 1e-8).mean()}
         total = self.args.lambda_detection * parts["det_loss"]
+        if self.args.lambda_background > 0:
+            parts["bg_loss"] = background_query_loss(out.logits, query)
+            total = total + self.args.lambda_background * parts["bg_loss"]
         if probe is not None:
             parts["attn_loss"] = attention_guidance_loss(probe, self.cap[labels])
             total = total + self.args.lambda_attn * parts["attn_loss"]
         return total, parts
 
     def evaluation_metrics(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-        out, prob, probe = self._teacher_terms(images, labels)
+        out, query, prob, probe = self._teacher_terms(images, labels)
         scores = out.logits.float().softmax(-1)[..., :-1]  # (B, Q, C)
         top_class = scores.flatten(1).argmax(1) % scores.shape[-1]
         metrics = {"eval_teacher_accuracy": (top_class == labels).float().mean().item(),
-                   "eval_teacher_detects_class": (prob >= 0.5).float().mean().item()}
+                   "eval_teacher_detects_class": (prob >= 0.5).float().mean().item(),
+                   # crowding: real drone frames hold about one object each
+                   "eval_teacher_detections_per_image": (scores.amax(-1) >= 0.5).sum(1).float().mean().item()}
         if probe is not None:
             metrics["eval_attn_loss"] = attention_guidance_loss(probe, self.cap[labels]).item()
         return metrics

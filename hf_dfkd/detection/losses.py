@@ -21,6 +21,7 @@ from transformers.loss.loss_for_object_detection import HungarianMatcher, ImageL
 from ..losses import kd_loss
 
 __all__ = [
+    "background_query_loss",
     "expanded_target_bce",
     "hungarian_detection_loss",
     "paired_box_loss",
@@ -150,3 +151,20 @@ def hungarian_detection_loss(
     parts["loss"] = (lambda_cls * parts["cls_loss"] + lambda_box * parts["box_loss"]
                      + lambda_giou * parts["giou_loss"] + lambda_kd * kd)
     return parts
+
+
+def background_query_loss(logits: torch.Tensor, object_query: torch.Tensor) -> torch.Tensor:
+    r"""One object per image: every query but ``object_query[b]`` should say "no object" (a generator term).
+
+    ``L = −1/(B·(Q−1)) · Σ_b Σ_{q ≠ q*_b} log p(∅ | q)``, with ``p = softmax(logits)`` and ``∅`` the last class.
+    Real drone frames hold about one object each; without this term the guided generator fills its images with
+    objects (several confident teacher detections each), and those detections become the synthetic annotations.
+    ``logits``: ``(B, Q, C + 1)``; ``object_query``: ``(B,)`` the query that carries the object.
+    """
+    batch, queries = logits.shape[:2]
+    if queries < 2:
+        return logits.new_zeros(())
+    log_background = logits.float().log_softmax(-1)[..., -1]  # (B, Q)
+    others = torch.ones_like(log_background, dtype=torch.bool)
+    others[torch.arange(batch, device=logits.device), object_query] = False
+    return -log_background[others].mean()
