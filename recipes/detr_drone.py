@@ -22,13 +22,12 @@ PRESETS = {
         discriminator_channels=[8, 16, 32], num_synthetic=24, score_threshold=0.05, student_d_model=16,
         student_backbone_hidden_sizes=[8, 8, 16], student_epochs=1, student_batch_size=8, confidence_threshold=0.05,
     ),
-    # a 2-core CPU in about 1.5 hours: an 8.4M DETR teacher (ResNet 4 stages, 3+3 layers, augmented real frames)
-    # -> a 0.56M DETR student, at 256x256 (the objects are about 5% of the frame: 6 pixels at 128x128)
+    # a 2-core CPU in about an hour: an 8.5M DETR teacher (ResNet 3 stages, 3+3 layers) -> a 0.56M DETR student
     "cpu": dict(
-        output_dir="runs/detr_drone_cpu256", image_size=256, num_queries=10,
-        teacher_backbone_hidden_sizes=[32, 64, 128, 256], teacher_backbone_depths=[1, 1, 2, 2], teacher_d_model=256,
-        teacher_layers=3, teacher_heads=8, teacher_epochs=50, teacher_learning_rate=2e-4, teacher_batch_size=16,
-        teacher_augmentation=True, gan_epochs=5, gan_batch_size=32, generator_channels=[128, 64, 32], discriminator_channels=[32, 64, 128],
+        output_dir="runs/detr_drone_cpu", image_size=128, num_queries=10,
+        teacher_backbone_hidden_sizes=[64, 128, 256], teacher_backbone_depths=[2, 2, 2], teacher_d_model=256,
+        teacher_layers=3, teacher_heads=8, teacher_epochs=60, teacher_learning_rate=2e-4, teacher_batch_size=16,
+        gan_epochs=10, gan_batch_size=32, generator_channels=[128, 64, 32], discriminator_channels=[32, 64, 128],
         num_synthetic=2000, score_threshold=0.3,
         student_backbone_hidden_sizes=[32, 64, 128], student_backbone_depths=[1, 1, 1], student_d_model=64,
         student_layers=2, student_heads=4, student_epochs=15, student_batch_size=16, confidence_threshold=0.3,
