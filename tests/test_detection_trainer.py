@@ -118,3 +118,18 @@ def test_parameter_count_is_the_same_after_a_reload(tmp_path):
     model = tiny()
     model.save_pretrained(tmp_path / "m")
     assert count_parameters(load_detector(str(tmp_path / "m"))) == count_parameters(model)
+
+
+def test_a_trained_backbone_reloads_into_detrs_frozen_batch_norm_without_unexpected_keys(tmp_path):
+    from safetensors.torch import load_file
+
+    from hf_dfkd.detection import load_detector
+
+    model = tiny().train()
+    model(pixel_values=torch.randn(2, 3, 64, 64))  # updates the batch-norm statistics
+    model.eval().save_pretrained(tmp_path / "m")
+    assert not any(k.endswith("num_batches_tracked") for k in load_file(tmp_path / "m" / "model.safetensors"))
+    reloaded = load_detector(str(tmp_path / "m"))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(pixel_values=x).pred_boxes, model(pixel_values=x).pred_boxes)

@@ -152,6 +152,8 @@ def make_backbone_trainable(model: PreTrainedModel) -> PreTrainedModel:
                 with torch.no_grad():
                     norm.weight.copy_(child.weight), norm.bias.copy_(child.bias)
                     norm.running_mean.copy_(child.running_mean), norm.running_var.copy_(child.running_var)
+                # only used when momentum is None; without it the saved weights reload with no "unexpected keys"
+                norm.register_buffer("num_batches_tracked", None)
                 module._modules[name] = norm
             else:
                 swap(child)
