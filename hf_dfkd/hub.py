@@ -351,6 +351,7 @@ def pipeline_card(pipeline_dir: str | os.PathLike, repo_id: str | None = None) -
         mode_description=_mode_description(mode),
         components=", ".join(components),
         quality=_bullets(info.get("quality") or {}),
+        training=_bullets(info.get("gan") or {}),
     )
 
 

@@ -114,14 +114,16 @@ def test_push_pipeline_with_card(tmp_path, api):
     pipe = make_pipeline()
     pipe.save_pretrained(tmp_path / "pipeline")
     write_sidecar(tmp_path / "pipeline", teacher="me/vit-teacher", quality={"teacher accuracy": 0.93},
-                  generator_parameters=sum(p.numel() for p in pipe.image_generator.parameters()))
+                  generator_parameters=sum(p.numel() for p in pipe.image_generator.parameters()),
+                  gan={"steps": 400, "lambda_attn": 1.0})
     files = push_pipeline(tmp_path / "pipeline", "me/generator", api=api)
     assert "README.md" in files and "model_index.json" in files
     assert "image_generator/diffusion_pytorch_model.safetensors" in files and "teacher/model.safetensors" in files
     folder = api.uploaded("me/generator")
     meta = card_metadata(folder / "README.md")
     assert meta["library_name"] == "diffusers" and "mode-cgan" in meta["tags"]
-    assert "teacher accuracy: 0.93" in (folder / "README.md").read_text()
+    body = (folder / "README.md").read_text()
+    assert "teacher accuracy: 0.93" in body and "- lambda_attn: 1.0" in body and "- steps: 400" in body
     loaded = SyntheticImagePipeline.from_pretrained(folder)
     assert loaded.class_names == NAMES
 
