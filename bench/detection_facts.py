@@ -5,12 +5,12 @@ frames, and the parameters of the recipe's presets.
 """
 
 import argparse
-import importlib.util
-from pathlib import Path
 
 import datasets
 
 from hf_dfkd.detection import DetectionChainArguments, count_parameters, evaluate_detectors, load_detector
+
+from _recipes import recipe_presets  # bench/ helper
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 parser.add_argument("--dataset", required=True)
@@ -29,10 +29,8 @@ row = evaluate_detectors({"teacher": load_detector(args.teacher)}, frames, image
                          latency_repeats=0, disable_tqdm=True)["teacher"]
 print(f"teacher on {args.train_frames} of its training frames: mAP {row['map']:.4f}, mAP@0.5 {row['map_50']:.4f}")
 
-spec = importlib.util.spec_from_file_location("detr_drone", Path(__file__).parent.parent / "recipes" / "detr_drone.py")
-recipe = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(recipe)
+presets = recipe_presets("detr_drone")
 for preset in ("cpu", "paper"):
-    chain = DetectionChainArguments(**recipe.PRESETS[preset])
+    chain = DetectionChainArguments(**presets[preset])
     teacher, student = count_parameters(chain.build_teacher(names)), count_parameters(chain.build_student(names))
     print(f"preset {preset}: teacher {teacher:,}, student {student:,}, ratio {teacher / student:.2f}")

@@ -9,8 +9,6 @@ the ``cpu`` preset takes (15 epochs over 2,000 synthetic images).
 """
 
 import argparse
-import importlib.util
-from pathlib import Path
 
 from hf_dfkd.detection import (
     DetectionChainArguments,
@@ -21,6 +19,8 @@ from hf_dfkd.detection import (
     train_detector,
 )
 
+from _recipes import recipe_presets  # bench/ helper
+
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 parser.add_argument("--dataset", required=True)
 parser.add_argument("--output_dir", required=True)
@@ -29,10 +29,8 @@ parser.add_argument("--epochs", type=float, default=22)
 parser.add_argument("--augmentation", action="store_true")
 args = parser.parse_args()
 
-spec = importlib.util.spec_from_file_location("detr_drone", Path(__file__).parent.parent / "recipes" / "detr_drone.py")
-recipe = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(recipe)
-chain = DetectionChainArguments(**recipe.PRESETS[args.preset])
+presets = recipe_presets("detr_drone")
+chain = DetectionChainArguments(**presets[args.preset])
 train = load_detection_dataset(args.dataset, "train", seed=chain.seed)
 test = load_detection_dataset(args.dataset, "test", seed=chain.seed)
 student = chain.build_student(detection_class_names(train))

@@ -191,8 +191,6 @@ class SyntheticImagePipeline(DiffusionPipeline):
             The dataset, loaded from ``output_dir`` (``datasets.load_from_disk``).
         """
         output_dir = os.fspath(output_dir)
-        if os.path.exists(output_dir) and not overwrite:
-            raise FileExistsError(f"{output_dir} exists: choose another folder or pass overwrite=True")  # before work
         if teacher_logits and self.teacher is None:
             raise ValueError("teacher_logits=True needs a pipeline with a teacher component")
         balanced_labels(num_images, self.num_classes)  # validates num_images before any work

@@ -427,7 +427,8 @@ def run_detection_chain(args: DetectionChainArguments) -> dict:
             args.gan_epochs * (with_objects // (args.gan_batch_size * state.num_processes))))
         config = DetectionGANConfig(
             gan_dir, lambda_attn=args.lambda_attn, lambda_detection=args.lambda_detection,
-            lambda_background=args.lambda_background, lambda_diversity=args.lambda_diversity, max_steps=steps, batch_size=args.gan_batch_size,
+            lambda_background=args.lambda_background, lambda_diversity=args.lambda_diversity, max_steps=steps,
+            batch_size=args.gan_batch_size,
             learning_rate=args.gan_learning_rate, seed=args.seed, use_cpu=args.use_cpu, logging_steps=25,
             eval_steps=max(1, steps // 5), save_steps=max(1, steps // 5), save_total_limit=1,
             eval_images_per_class=8)

@@ -18,8 +18,8 @@ from transformers import DetrImageProcessor
 __all__ = [
     "DetectionCollator",
     "DetectionTransform",
-    "detection_augmentation",
     "check_detection_dataset",
+    "detection_augmentation",
     "detection_class_names",
     "detection_features",
     "detection_processor",

@@ -270,7 +270,7 @@ class DetectionGANTrainer(GANTrainer):
         return total, parts
 
     def evaluation_metrics(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-        out, query, prob, probe = self._teacher_terms(images, labels)
+        out, _, prob, probe = self._teacher_terms(images, labels)
         scores = out.logits.float().softmax(-1)[..., :-1]  # (B, Q, C)
         top_class = scores.flatten(1).argmax(1) % scores.shape[-1]
         metrics = {"eval_teacher_accuracy": (top_class == labels).float().mean().item(),

@@ -85,8 +85,6 @@ class DetectionSyntheticPipeline(SyntheticImagePipeline):
         conditioning class. The folder appears only when complete; the same ``seed`` gives the same dataset.
         """
         output_dir = os.fspath(output_dir)
-        if os.path.exists(output_dir) and not overwrite:
-            raise FileExistsError(f"{output_dir} exists: choose another folder or pass overwrite=True")
         if self.teacher is None:
             raise ValueError("write_dataset needs a teacher component: its detections are the annotations")
         if not 0 < score_threshold < 1:
