@@ -57,7 +57,7 @@ for split in ("test", "train"):
                 best_iou.append(ious.max().item())
                 distance.append((out.pred_boxes[k][top, :2] - box[:2]).norm().item())
                 same_class.append(float(classes[k, top] == category))
-    print(f"{split} ({len(frames)} frames, {len(best_iou)} objects): mAP@0.5 {row['map_50']:.4f}, "
+    print(f"{split} ({len(frames)} frames, {len(best_iou)} objects, {row['parameters']:,} parameters): mAP@0.5 {row['map_50']:.4f}, "
           f"mAP {row['map']:.4f} | best IoU over queries: median {np.median(best_iou):.3f}, "
           f">= 0.5 for {np.mean(np.array(best_iou) >= 0.5):.3f} | top query: centre distance median "
           f"{np.median(distance):.3f}, class right {np.mean(same_class):.3f} | query centre spread "
