@@ -1,5 +1,6 @@
 """hf_dfkd: data-free knowledge distillation of vision transformers on the Hugging Face stack."""
 
+from .batchnorm_prior import BatchNormStatistics
 from .chain import ChainArguments, distill_student, evaluate_student, run_chain, train_generator, train_teacher
 from .class_probes import ClassAttentionProbes, compute_class_attention_probes
 from .config import DistillationConfig
@@ -7,7 +8,14 @@ from .detection import DetectionSyntheticPipeline, DetrDistillationConfig, DetrD
 from .data import ImageTransform, TeacherInputAdapter, load_digits_dataset
 from .evaluation import evaluate_classifiers
 from .gan_trainer import GANConfig, GANTrainer, NonFiniteGANLossError
-from .losses import attention_guidance_loss, ce_loss, kd_loss, patch_probe_loss, total_distillation_loss
+from .losses import (
+    attention_guidance_loss,
+    batchnorm_statistics_loss,
+    ce_loss,
+    kd_loss,
+    patch_probe_loss,
+    total_distillation_loss,
+)
 from .hub import push_pipeline, push_student, push_synthetic_dataset
 from .io import load_classifier, load_image_dataset
 from .models import ConditionalDiscriminator, ConditionalGenerator, build_classifier
@@ -25,6 +33,7 @@ from .trainer import DistillationTrainer, NonFiniteLossError
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "BatchNormStatistics",
     "ChainArguments",
     "CLSAttentionProbe",
     "build_classifier",
@@ -48,6 +57,7 @@ __all__ = [
     "SyntheticImagePipeline",
     "TeacherInputAdapter",
     "attention_guidance_loss",
+    "batchnorm_statistics_loss",
     "compute_class_attention_probes",
     "DistillationConfig",
     "DistillationTrainer",

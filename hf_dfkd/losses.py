@@ -5,11 +5,14 @@ Every function here is stateless and differentiable; the trainers combine them w
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
 __all__ = [
     "attention_guidance_loss",
+    "batchnorm_statistics_loss",
     "ce_loss",
     "kd_loss",
     "mode_seeking_loss",
@@ -119,3 +122,36 @@ def mode_seeking_loss(images_a: torch.Tensor, images_b: torch.Tensor, latents_a:
     """
     ratio = (images_a - images_b).abs().float().mean() / (latents_a - latents_b).abs().float().mean()
     return 1 / (ratio + eps)
+
+
+def batchnorm_statistics_loss(batch_means: Sequence[torch.Tensor], batch_vars: Sequence[torch.Tensor],
+                              running_means: Sequence[torch.Tensor],
+                              running_vars: Sequence[torch.Tensor]) -> torch.Tensor:
+    r"""Batch-norm statistics prior (DeepInversion, Yin et al., 2020): how far the per-channel statistics of a
+    batch's features, at the input of every batch-norm layer ``l`` of a frozen CNN, are from the running statistics
+    the network stored while it trained on its (unavailable) data.
+
+    .. math:: L_{BN} = \sum_{l} \lVert \mu_l(x) - \hat\mu_l \rVert_2
+              + \lVert \sigma^2_l(x) - \hat\sigma^2_l \rVert_2
+
+    Generated images that minimise it produce the feature statistics of the training images: the closest thing
+    to their distribution that a data-free method can read from a convolutional teacher (a ViT stores none).
+
+    Args:
+        batch_means, batch_vars: per layer, the ``(C_l,)`` mean and (biased) variance of its input over the batch
+            and the spatial positions.
+        running_means, running_vars: per layer, the layer's stored ``(C_l,)`` running statistics.
+    """
+    lengths = {len(batch_means), len(batch_vars), len(running_means), len(running_vars)}
+    if len(lengths) != 1:
+        raise ValueError(f"one mean and variance per layer are needed, got lengths {sorted(lengths)}")
+    if not batch_means:
+        raise ValueError("no batch-norm layer statistics were given")
+    total = batch_means[0].new_zeros((), dtype=torch.float32)
+    for mean, var, running_mean, running_var in zip(batch_means, batch_vars, running_means, running_vars):
+        if mean.shape != running_mean.shape or var.shape != running_var.shape:
+            raise ValueError(f"batch statistics {tuple(mean.shape)} and running statistics "
+                             f"{tuple(running_mean.shape)} of a layer differ")
+        total = total + torch.linalg.vector_norm(mean.float() - running_mean.float()) \
+            + torch.linalg.vector_norm(var.float() - running_var.float())
+    return total

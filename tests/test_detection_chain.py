@@ -5,6 +5,7 @@ import json
 import os
 
 import pytest
+import torch
 
 from hf_dfkd.detection import DetectionChainArguments, run_detection_chain
 from hf_dfkd.hub import read_sidecar
@@ -60,9 +61,11 @@ def test_recipe_smoke_preset_runs_one_target_mode(tmp_path):
     out = str(tmp_path / "recipe")
     results = load_recipe().main(["--preset", "smoke", "--output_dir", out, "--use_cpu", "true",
                                   "--target_modes", "hungarian", "--student_family", "yolos",
-                                  "--student_patch_size", "16"])
+                                  "--student_patch_size", "16", "--lambda_bn", "0.01"])
     assert "hungarian" in results and "paired" not in results
     assert json.load(open(os.path.join(out, "student-hungarian", "config.json")))["model_type"] == "yolos"
+    generator = read_sidecar(os.path.join(out, "gan", "pipeline"))  # the batch-norm prior reached the GAN
+    assert generator["gan"]["lambda_bn"] == 0.01 and "batch-norm statistics loss (eval grid)" in generator["quality"]
 
 
 @pytest.mark.parametrize("kw, message", [
@@ -152,3 +155,21 @@ def test_a_synthetic_set_smaller_than_one_batch_is_a_clear_error(tmp_path):
         distill_detector(build_detector("detr", **kw), build_detector("detr", **kw), tiny_set, config,
                          image_size=(64, 64))
     assert not os.path.exists(tmp_path / "student")
+
+
+def test_student_augmentation_shows_the_student_new_views_labelled_by_the_teacher(tmp_path):
+    from hf_dfkd.detection import (DetrDistillationConfig, build_detector, distill_detector,
+                                   make_digits_detection_dataset)
+
+    names = [str(i) for i in range(10)]
+    kw = dict(class_names=names, image_size=(64, 64), num_queries=5, d_model=16, encoder_layers=1, decoder_layers=1,
+              attention_heads=2, backbone_hidden_sizes=(8, 8, 16))
+    data = make_digits_detection_dataset(num_train=8, num_test=1)["train"]
+    config = DetrDistillationConfig(str(tmp_path / "student"), per_device_train_batch_size=8, use_cpu=True,
+                                    max_steps=1, report_to="none", save_strategy="no")
+    torch.manual_seed(0)
+    trainer = distill_detector(build_detector("detr", **kw), build_detector("detr", **kw), data, config,
+                               image_size=(64, 64), augmentation=True)
+    views = [trainer.train_dataset[0]["pixel_values"] for _ in range(4)]
+    assert any(not torch.equal(views[0], v) for v in views[1:])  # a new view at every fetch
+    assert read_sidecar(str(tmp_path / "student"))["provenance"]["training"]["augmentation"] is True

@@ -135,3 +135,28 @@ def test_pipeline_leaves_no_folder_when_the_teacher_detects_nothing(tmp_path, te
     kept = pipe.write_dataset(8, out, score_threshold=0.999, keep_empty=True)
     assert len(kept) == 8 and all(len(o["bbox"]) == 0 for o in kept["objects"])
     assert len(load_from_disk(out)) == 8
+
+
+def test_the_batch_norm_prior_is_weighted_logged_and_its_hooks_removed_after_training(tmp_path, teacher, data):
+    from hf_dfkd.batchnorm_prior import batchnorm_layers
+
+    g, d = gan()
+    transformed = data["train"].with_transform(DetectionGANTransform(64))
+    labels = torch.tensor([0, 1, 2, 3])
+    fake = g(torch.randn(4, 100, generator=torch.Generator().manual_seed(0)), labels).detach()
+    totals = {}
+    for weight in (0.0, 0.5):
+        config = DetectionGANConfig(str(tmp_path / str(weight)), max_steps=2, batch_size=8, use_cpu=True,
+                                    lambda_attn=0.0, lambda_bn=weight, eval_steps=2, logging_steps=1,
+                                    eval_images_per_class=1, lambda_diversity=0.0)
+        trainer = DetectionGANTrainer(teacher, g, d, config, transformed)
+        total, parts = trainer.guidance_losses(fake, labels)
+        assert ("bn_loss" in parts) == (weight > 0)
+        totals[weight] = (total.item(), parts.get("bn_loss"))
+    torch.testing.assert_close(torch.tensor(totals[0.5][0] - totals[0.0][0]), 0.5 * totals[0.5][1].detach())
+    assert totals[0.5][1] > 0
+    metrics = trainer.train()  # the lambda_bn=0.5 trainer
+    assert "eval_bn_loss" in metrics and "bn_loss" in trainer.log_history[0]
+    assert all(not bn._forward_pre_hooks for bn in batchnorm_layers(teacher))  # the teacher goes on without hooks
+    with pytest.raises(ValueError, match="lambda_bn must be >= 0"):
+        DetectionGANConfig(str(tmp_path), lambda_bn=-1.0)

@@ -163,6 +163,8 @@ def train_detection_generator(
                    round(metrics["eval_teacher_detections_per_image"], 4)}
         if "eval_attn_loss" in metrics:
             quality["attention loss 1 - cos(AP, CAP) (eval grid)"] = round(metrics["eval_attn_loss"], 4)
+        if "eval_bn_loss" in metrics:
+            quality["batch-norm statistics loss (eval grid)"] = round(metrics["eval_bn_loss"], 4)
         with atomic_folder(os.path.join(config.output_dir, "pipeline")) as tmp:
             pipe.save_pretrained(tmp)
             t = teacher.config
@@ -170,7 +172,7 @@ def train_detection_generator(
                           quality=quality, generator_parameters=count_parameters(generator),
                           gan={"steps": trainer.global_step, "lambda_attn": config.lambda_attn,
                                "lambda_detection": config.lambda_detection,
-                               "lambda_background": config.lambda_background,
+                               "lambda_background": config.lambda_background, "lambda_bn": config.lambda_bn,
                                "lambda_diversity": config.lambda_diversity, "batch_size": config.batch_size,
                                "seed": config.seed})
             pipeline_card(tmp).save(os.path.join(tmp, "README.md"))
@@ -189,9 +191,14 @@ def distill_detector(
     train_description: str | None = None,
     image_column: str = "image",
     objects_column: str = "objects",
+    augmentation: bool = False,
 ) -> DetrDistillationTrainer:
     """Distil ``teacher`` into ``student`` on ``train_dataset`` (synthetic detection images) and save the student,
-    its image processor and a sidecar (mode, target mode, settings) to ``config.output_dir``, atomically."""
+    its image processor and a sidecar (mode, target mode, settings) to ``config.output_dir``, atomically.
+
+    ``augmentation`` applies :func:`~hf_dfkd.detection.detection_augmentation` (flip, zoom-in crop, colour jitter)
+    to every training image. The teacher labels each step's images as they are, so the targets move with the
+    objects; a generator that puts objects at few positions and scales then still shows the student many."""
     names = [teacher.config.id2label[i] for i in range(teacher.config.num_labels)]
     train_dataset = check_detection_dataset(train_dataset, class_names=names, image_column=image_column,
                                             objects_column=objects_column, where="the distillation set")
@@ -200,7 +207,8 @@ def distill_detector(
         raise ValueError(f"the distillation set has {len(train_dataset)} images, fewer than one batch of {batch}: "
                          "generate more (num_synthetic, or a lower score_threshold) or lower the student batch size")
     processor = detection_processor(image_size)
-    transform = DetectionTransform(processor, image_size, image_column, objects_column)
+    transform = DetectionTransform(processor, image_size, image_column, objects_column,
+                                   augmentation=detection_augmentation(image_size) if augmentation else None)
     output_dir = config.output_dir
     with atomic_folder(output_dir) as tmp:
         config.output_dir = os.path.join(tmp, "run")
@@ -219,7 +227,8 @@ def distill_detector(
                 "teacher": getattr(teacher.config, "_name_or_path", "") or teacher.config.model_type,
                 "train_dataset": f"{len(train_dataset)} images" + (f", {train_description}" if train_description else ""),
                 "training": {"epochs": config.num_train_epochs, "batch_size": config.per_device_train_batch_size,
-                             "learning_rate": config.learning_rate, **config.loss_kwargs(), "seed": config.seed},
+                             "learning_rate": config.learning_rate, **config.loss_kwargs(),
+                             "augmentation": augmentation, "seed": config.seed},
                 "command": command_line(),
             }, log_history=trainer.state.log_history)
     config.output_dir = output_dir
@@ -304,6 +313,9 @@ class DetectionChainArguments:
         "help": "Weight of the 'teacher detects the conditioning class' loss (0: off)."})
     lambda_background: float = field(default=1.0, metadata={
         "help": "Weight of the 'every other query says no object' loss: one object per synthetic image (0: off)."})
+    lambda_bn: float = field(default=0.0, metadata={
+        "help": "Weight of the batch-norm statistics prior: generated images should give the feature statistics "
+                "stored in the teacher backbone's batch norms (0: off)."})
     lambda_diversity: float = field(default=0.2, metadata={"help": "Weight of the mode-seeking loss (0: off)."})
     gan_epochs: float = field(default=20, metadata={"help": "GAN epochs over the real train images with objects."})
     gan_steps: int = field(default=-1, metadata={"help": "If > 0: GAN steps, overriding gan_epochs."})
@@ -334,6 +346,9 @@ class DetectionChainArguments:
     student_epochs: float = field(default=10, metadata={"help": "Student epochs over the synthetic set."})
     student_learning_rate: float = field(default=2e-4, metadata={"help": "AdamW learning rate of the students."})
     student_batch_size: int = field(default=16, metadata={"help": "Student batch size."})
+    student_augmentation: bool = field(default=False, metadata={
+        "help": "Augment the synthetic images at every student step (flip, zoom-in crop, colour jitter); the teacher "
+                "labels the augmented images, so the student sees objects at more positions and scales."})
     temperature: float = field(default=2.0, metadata={"help": "Temperature of the KL term."})
     confidence_threshold: float = field(default=0.3, metadata={
         "help": "Teacher detections scoring at least this are the hungarian mode's targets."})
@@ -427,7 +442,8 @@ def run_detection_chain(args: DetectionChainArguments) -> dict:
             args.gan_epochs * (with_objects // (args.gan_batch_size * state.num_processes))))
         config = DetectionGANConfig(
             gan_dir, lambda_attn=args.lambda_attn, lambda_detection=args.lambda_detection,
-            lambda_background=args.lambda_background, lambda_diversity=args.lambda_diversity, max_steps=steps,
+            lambda_background=args.lambda_background, lambda_bn=args.lambda_bn,
+            lambda_diversity=args.lambda_diversity, max_steps=steps,
             batch_size=args.gan_batch_size,
             learning_rate=args.gan_learning_rate, seed=args.seed, use_cpu=args.use_cpu, logging_steps=25,
             eval_steps=max(1, steps // 5), save_steps=max(1, steps // 5), save_total_limit=1,
@@ -468,7 +484,8 @@ def run_detection_chain(args: DetectionChainArguments) -> dict:
                 dataloader_drop_last=True)
             distill_detector(student, teacher, synthetic, config, image_size=size, mode=pipe.config.mode,
                              train_description=f"synthetic, written by the pipeline in {gan_dir}/pipeline",
-                             image_column="image", objects_column="objects")
+                             image_column="image", objects_column="objects",
+                             augmentation=args.student_augmentation)
 
         stage(f"student ({target_mode})", student_dir, lambda p: None, make_student, everyone=True)
     if args.stop_after == "students":

@@ -6,11 +6,13 @@ gives ``c`` the highest probability: where in the image the teacher looks when i
 ``CAP_c`` averages it over real training objects of class ``c``. The generator loss adds, for ``G(z, y)``:
 
     L_G = L_adv + λ_attn · (1 − cos(AP_y(G(z, y)), CAP_y)) + λ_det · (−log max_q p_teacher(y | q))
-          [+ λ_bg · L_bg] [+ λ_div · L_ms]
+          [+ λ_bg · L_bg] [+ λ_bn · L_BN] [+ λ_div · L_ms]
 
 so the teacher must detect an object of class ``y`` in the image (its detections later become the annotations),
 attending to it as it does on real objects of that class. ``L_bg`` (:func:`~hf_dfkd.detection.losses.
 background_query_loss`) asks every other query for "no object": one object per image, as in the real frames.
+``L_BN`` (:func:`~hf_dfkd.losses.batchnorm_statistics_loss`, off by default) asks the generated images to give the
+feature statistics stored in the teacher backbone's batch-norm layers, those of its training images.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
+from ..batchnorm_prior import BatchNormStatistics
 from ..gan_trainer import GANConfig, GANTrainer
 from ..losses import attention_guidance_loss
 from ..models import ConditionalDiscriminator, ConditionalGenerator
@@ -184,6 +187,9 @@ class DetectionGANConfig(GANConfig):
     lambda_background: float = field(default=1.0, metadata={
         "help": "Weight of −log p_teacher(no object | q) over the other queries: one object per image (0: off, "
                 "the images may fill with objects)."})
+    lambda_bn: float = field(default=0.0, metadata={
+        "help": "Weight of the batch-norm statistics prior: the images' features at each batch norm of the teacher's "
+                "backbone should have the running mean and variance it stored in training (0: off)."})
     teacher_image_mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN), metadata={
         "help": "Teacher input mean."})
     teacher_image_std: list[float] = field(default_factory=lambda: list(IMAGENET_STD), metadata={
@@ -191,7 +197,7 @@ class DetectionGANConfig(GANConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        for name in ("lambda_detection", "lambda_background"):
+        for name in ("lambda_detection", "lambda_background", "lambda_bn"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
@@ -217,8 +223,15 @@ class DetectionGANTrainer(GANTrainer):
         self._previous_attention = teacher.config._attn_implementation
         if args.lambda_attn > 0:
             teacher.set_attn_implementation("eager")  # cross-attention maps; restored after train()
+        # checked before any work: a teacher without batch norm (YOLOS) has no prior to match
+        self._bn_prior = BatchNormStatistics(teacher) if args.lambda_bn > 0 else None
         super().__init__(teacher, generator, discriminator, args, train_dataset, class_probes)
         self._raw_teacher = teacher
+
+    def _bn_statistics(self) -> BatchNormStatistics:
+        if self._bn_prior is None:  # removed at the end of train()
+            self._bn_prior = BatchNormStatistics(self._raw_teacher)
+        return self._bn_prior
 
     def _check_components(self, teacher, generator, discriminator) -> None:
         from .models import check_detector
@@ -256,11 +269,17 @@ class DetectionGANTrainer(GANTrainer):
         return out, query, prob, probe
 
     def guidance_losses(self, fake: torch.Tensor, labels: torch.Tensor):
-        if self.args.lambda_attn == 0 and self.args.lambda_detection == 0 and self.args.lambda_background == 0:
+        a = self.args
+        if a.lambda_attn == 0 and a.lambda_detection == 0 and a.lambda_background == 0 and a.lambda_bn == 0:
             return None, {}
+        bn_prior = self._bn_statistics() if a.lambda_bn > 0 else None
         out, query, prob, probe = self._teacher_terms(fake, labels)
         parts = {"det_loss": -torch.log(prob + 1e-8).mean()}
         total = self.args.lambda_detection * parts["det_loss"]
+        if bn_prior is not None:
+            parts["bn_loss"] = bn_prior.loss()
+            bn_prior.clear()
+            total = total + a.lambda_bn * parts["bn_loss"]
         if self.args.lambda_background > 0:
             parts["bg_loss"] = background_query_loss(out.logits, query)
             total = total + self.args.lambda_background * parts["bg_loss"]
@@ -270,6 +289,7 @@ class DetectionGANTrainer(GANTrainer):
         return total, parts
 
     def evaluation_metrics(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        bn_prior = self._bn_statistics() if self.args.lambda_bn > 0 else None
         out, _, prob, probe = self._teacher_terms(images, labels)
         scores = out.logits.float().softmax(-1)[..., :-1]  # (B, Q, C)
         top_class = scores.flatten(1).argmax(1) % scores.shape[-1]
@@ -279,6 +299,9 @@ class DetectionGANTrainer(GANTrainer):
                    "eval_teacher_detections_per_image": (scores.amax(-1) >= 0.5).sum(1).float().mean().item()}
         if probe is not None:
             metrics["eval_attn_loss"] = attention_guidance_loss(probe, self.cap[labels]).item()
+        if bn_prior is not None:
+            metrics["eval_bn_loss"] = bn_prior.loss().item()
+            bn_prior.clear()
         return metrics
 
     def train(self) -> dict[str, float]:
@@ -286,3 +309,6 @@ class DetectionGANTrainer(GANTrainer):
             return super().train()
         finally:
             _restore_attention(self._raw_teacher, self._previous_attention)
+            if self._bn_prior is not None:  # the teacher goes on (to label the synthetic set) without hooks
+                self._bn_prior.remove()
+                self._bn_prior = None
