@@ -17,7 +17,6 @@ from datasets import load_from_disk
 
 from hf_dfkd.detection import (
     DetectionChainArguments,
-    DetrDistillationConfig,
     count_parameters,
     detection_class_names,
     distill_detector,
@@ -44,16 +43,10 @@ names = detection_class_names(test)
 teacher = load_detector(args.teacher, "teacher").eval()
 synthetic = load_from_disk(args.synthetic)
 size = (chain.image_size, chain.image_size)
-steps = chain.student_epochs * -(-len(synthetic) // chain.student_batch_size)
 for variant in args.variants:
     for mode in args.target_modes:
         folder = os.path.join(args.output_dir, f"{variant}-{mode}")
-        config = DetrDistillationConfig(
-            folder, target_mode=mode, num_train_epochs=chain.student_epochs, learning_rate=chain.student_learning_rate,
-            per_device_train_batch_size=chain.student_batch_size, lr_scheduler_type="cosine", warmup_steps=0.05,
-            temperature=chain.temperature, confidence_threshold=chain.confidence_threshold, seed=chain.seed,
-            report_to="none", save_strategy="no", logging_steps=max(1, min(50, round(steps / 20))),
-            dataloader_drop_last=True, disable_tqdm=True)
+        config = chain.student_config(folder, mode, len(synthetic), disable_tqdm=True)
         start = time.perf_counter()
         trainer = distill_detector(chain.build_student(names), teacher, synthetic, config, image_size=size,
                                    augmentation=variant == "augmented")

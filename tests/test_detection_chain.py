@@ -10,6 +10,9 @@ import torch
 from hf_dfkd.detection import DetectionChainArguments, run_detection_chain
 from hf_dfkd.hub import read_sidecar
 
+# a DETR small enough to build and train in a test
+TINY_DETR = dict(class_names=[str(i) for i in range(10)], image_size=(64, 64), num_queries=5, d_model=16,
+                 encoder_layers=1, decoder_layers=1, attention_heads=2, backbone_hidden_sizes=(8, 8, 16))
 RECIPE = os.path.join(os.path.dirname(__file__), "..", "recipes", "detr_drone.py")
 
 
@@ -145,9 +148,7 @@ def test_a_synthetic_set_smaller_than_one_batch_is_a_clear_error(tmp_path):
     from hf_dfkd.detection import (DetrDistillationConfig, build_detector, distill_detector,
                                    make_digits_detection_dataset)
 
-    names = [str(i) for i in range(10)]
-    kw = dict(class_names=names, image_size=(64, 64), num_queries=5, d_model=16, encoder_layers=1, decoder_layers=1,
-              attention_heads=2, backbone_hidden_sizes=(8, 8, 16))
+    kw = TINY_DETR
     tiny_set = make_digits_detection_dataset(num_train=3, num_test=1)["train"]
     config = DetrDistillationConfig(str(tmp_path / "student"), per_device_train_batch_size=8, use_cpu=True,
                                     dataloader_drop_last=True, report_to="none")
@@ -161,9 +162,7 @@ def test_student_augmentation_shows_the_student_new_views_labelled_by_the_teache
     from hf_dfkd.detection import (DetrDistillationConfig, build_detector, distill_detector,
                                    make_digits_detection_dataset)
 
-    names = [str(i) for i in range(10)]
-    kw = dict(class_names=names, image_size=(64, 64), num_queries=5, d_model=16, encoder_layers=1, decoder_layers=1,
-              attention_heads=2, backbone_hidden_sizes=(8, 8, 16))
+    kw = TINY_DETR
     data = make_digits_detection_dataset(num_train=8, num_test=1)["train"]
     config = DetrDistillationConfig(str(tmp_path / "student"), per_device_train_batch_size=8, use_cpu=True,
                                     max_steps=1, report_to="none", save_strategy="no")

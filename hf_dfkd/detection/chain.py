@@ -387,6 +387,19 @@ class DetectionChainArguments:
             backbone_embedding_size=min(64, self.student_backbone_hidden_sizes[0]),
             patch_size=self.student_patch_size, auxiliary_loss=False, seed=self.seed + 1)
 
+    def student_config(self, output_dir: str, target_mode: str, num_images: int, num_processes: int = 1,
+                       **overrides) -> DetrDistillationConfig:
+        """The :class:`DetrDistillationConfig` of one student stage: these epochs, batch size, learning rate,
+        temperature and threshold, a cosine schedule, about 20 log lines, no checkpoints; ``overrides`` win."""
+        steps = self.student_epochs * -(-num_images // (self.student_batch_size * num_processes))
+        settings = dict(
+            target_mode=target_mode, num_train_epochs=self.student_epochs, learning_rate=self.student_learning_rate,
+            per_device_train_batch_size=self.student_batch_size, lr_scheduler_type="cosine", warmup_steps=0.05,
+            temperature=self.temperature, confidence_threshold=self.confidence_threshold, seed=self.seed,
+            use_cpu=self.use_cpu, report_to="none", save_strategy="no",
+            logging_steps=max(1, min(50, round(steps / 20))), dataloader_drop_last=True)
+        return DetrDistillationConfig(output_dir, **{**settings, **overrides})
+
 
 def run_detection_chain(args: DetectionChainArguments) -> dict:
     """Teacher → guided generator → synthetic detection set → students (both target modes) → mAP on the real split.
@@ -474,14 +487,7 @@ def run_detection_chain(args: DetectionChainArguments) -> dict:
 
         def make_student(target_mode=target_mode, student_dir=student_dir):
             student = args.build_student(names)
-            steps = args.student_epochs * -(-len(synthetic) // (args.student_batch_size * state.num_processes))
-            config = DetrDistillationConfig(
-                student_dir, target_mode=target_mode, num_train_epochs=args.student_epochs,
-                learning_rate=args.student_learning_rate, per_device_train_batch_size=args.student_batch_size,
-                lr_scheduler_type="cosine", warmup_steps=0.05, temperature=args.temperature,
-                confidence_threshold=args.confidence_threshold, seed=args.seed, use_cpu=args.use_cpu,
-                report_to="none", save_strategy="no", logging_steps=max(1, min(50, round(steps / 20))),
-                dataloader_drop_last=True)
+            config = args.student_config(student_dir, target_mode, len(synthetic), state.num_processes)
             distill_detector(student, teacher, synthetic, config, image_size=size, mode=pipe.config.mode,
                              train_description=f"synthetic, written by the pipeline in {gan_dir}/pipeline",
                              image_column="image", objects_column="objects",
