@@ -336,6 +336,8 @@ class GANTrainer:
         final = os.path.join(self.args.output_dir, f"checkpoint-{self.global_step}")
         tmp = final + ".tmp"
         acc.save_state(tmp)
+        # every process writes its own RNG file into tmp: rename only after all of them are done
+        acc.wait_for_everyone()
         if acc.is_main_process:
             with open(os.path.join(tmp, STATE_FILE), "w") as f:
                 json.dump({"global_step": self.global_step, "log_history": self.log_history,

@@ -43,6 +43,9 @@ def test_gan_trainer_on_two_cpu_processes(tmp_path):
     assert result["checksums"][0] == pytest.approx(result["checksums"][1], rel=1e-9)
     assert [h["step"] for h in result["log"] if "d_loss" in h] == [1, 2, 3]
     assert (tmp_path / "checkpoint-2").is_dir() and (tmp_path / "generator").is_dir()
+    # each process's RNG state lands in the renamed checkpoint, none in a stray .tmp folder
+    assert {"random_states_0.pkl", "random_states_1.pkl"} <= {p.name for p in (tmp_path / "checkpoint-2").iterdir()}
+    assert not list(tmp_path.rglob("*.tmp"))
 
 
 @needs_launcher
