@@ -78,6 +78,16 @@ def _mode_description(mode: str) -> str:
     return MODES[mode]
 
 
+def _student_tags(mode: str) -> list[str]:
+    """Card tags of a distilled student; ``real-data`` students are not data-free and are not tagged so."""
+    return ["hf_dfkd", "knowledge-distillation", *(["data-free-knowledge-distillation"] if mode != "real-data" else []),
+            f"mode-{mode}"]
+
+
+def _training_images(mode: str) -> str:
+    return "the real training images" if mode == "real-data" else "synthetic images"
+
+
 def _size(n_bytes: float) -> str:
     return f"{n_bytes / 2**20:.2f} MiB"
 
@@ -130,8 +140,7 @@ def student_card(student_dir: str | os.PathLike, repo_id: str | None = None) -> 
         library_name="transformers",
         pipeline_tag="image-classification",
         license=provenance.get("license", "apache-2.0"),
-        tags=["hf_dfkd", "knowledge-distillation", "data-free-knowledge-distillation", f"mode-{mode}",
-              "vision", "image-classification"],
+        tags=[*_student_tags(mode), "vision", "image-classification"],
         base_model=teacher if "/" in teacher and not os.path.exists(teacher) else None,
         eval_results=[
             result("accuracy", results["student_accuracy"], "student accuracy"),
@@ -150,6 +159,7 @@ def student_card(student_dir: str | os.PathLike, repo_id: str | None = None) -> 
         teacher=teacher,
         mode=mode,
         mode_description=_mode_description(mode),
+        training_images=_training_images(mode),
         eval_dataset=f"`{dataset_name}`",
         eval_split=split,
         num_examples=results["num_examples"],
@@ -278,8 +288,8 @@ def detection_student_card(student_dir: str | os.PathLike, repo_id: str | None =
         library_name="transformers",
         pipeline_tag="object-detection",
         license=provenance.get("license", "apache-2.0"),
-        tags=["hf_dfkd", "knowledge-distillation", "data-free-knowledge-distillation", f"mode-{mode}",
-              "vision", "object-detection", f"target-mode-{provenance.get('target_mode', 'unknown')}"],
+        tags=[*_student_tags(mode), "vision", "object-detection",
+              f"target-mode-{provenance.get('target_mode', 'unknown')}"],
         base_model=teacher_name if "/" in teacher_name and not os.path.exists(teacher_name) else None,
         eval_results=[
             result("mAP", student["map"], "student mAP@[.5:.95]"),
@@ -299,6 +309,7 @@ def detection_student_card(student_dir: str | os.PathLike, repo_id: str | None =
         target_mode=provenance.get("target_mode", "not recorded"),
         mode=mode,
         mode_description=_mode_description(mode),
+        training_images=_training_images(mode),
         eval_dataset=f"`{dataset_name}`",
         eval_split=split,
         num_examples=results["num_examples"],

@@ -11,7 +11,8 @@ from transformers import AutoModelForImageClassification
 
 from conftest import tiny_vit
 from hf_dfkd import ConditionalGenerator, SyntheticImagePipeline
-from hf_dfkd.hub import push_pipeline, push_student, push_synthetic_dataset, write_sidecar
+from hf_dfkd.hub import (push_pipeline, push_student, push_synthetic_dataset, read_sidecar, student_card,
+                         write_sidecar)
 
 NAMES = [f"digit_{i}" for i in range(10)]
 
@@ -59,6 +60,20 @@ def saved_student(tmp_path, evaluated=True) -> Path:
     if evaluated:
         write_sidecar(folder, evaluation=EVALUATION)
     return folder
+
+
+def test_a_real_data_student_card_is_not_tagged_data_free(tmp_path):
+    folder = saved_student(tmp_path)
+    assert "data-free-knowledge-distillation" in card_metadata_of(student_card(folder))["tags"]
+    write_sidecar(folder, provenance={**read_sidecar(folder)["provenance"], "mode": "real-data"})
+    card = student_card(folder)
+    meta = card_metadata_of(card)
+    assert "mode-real-data" in meta["tags"] and "data-free-knowledge-distillation" not in meta["tags"]
+    assert "imitates the teacher on the real training images" in str(card)
+
+
+def card_metadata_of(card) -> dict:
+    return yaml.safe_load(str(card).split("---\n")[1])
 
 
 def test_push_student_uploads_a_loadable_model_with_model_index(tmp_path, api):
