@@ -151,8 +151,10 @@ class GANTrainer:
     def _teacher_input_size(self, teacher: nn.Module) -> int:
         return teacher.config.image_size
 
-    def guidance_losses(self, fake: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor | None, dict]:
-        """The teacher's terms of the generator loss: ``(weighted sum or None, {name: unweighted value})``."""
+    def guidance_losses(self, fake: torch.Tensor, labels: torch.Tensor,
+                        latents: torch.Tensor | None = None) -> tuple[torch.Tensor | None, dict]:
+        """The teacher's terms of the generator loss: ``(weighted sum or None, {name: unweighted value})``;
+        ``latents`` (the generator's inputs) are for terms that depend on them."""
         if self.probe is None:
             return None, {}
         # the teacher runs only up to the probed layer's keys; its accuracy is measured at evaluation
@@ -240,7 +242,7 @@ class GANTrainer:
         adv = F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
         metrics = {"d_loss": d_loss, "adv_loss": adv}
         g_loss = adv
-        guidance, parts = self.guidance_losses(fake, labels)
+        guidance, parts = self.guidance_losses(fake, labels, latents=latents)
         if guidance is not None:
             g_loss = g_loss + guidance
             metrics.update(parts)

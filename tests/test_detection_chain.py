@@ -64,10 +64,21 @@ def test_recipe_smoke_preset_runs_one_target_mode(tmp_path):
     out = str(tmp_path / "recipe")
     results = load_recipe().main(["--preset", "smoke", "--output_dir", out, "--use_cpu", "true",
                                   "--target_modes", "hungarian", "--student_family", "yolos",
-                                  "--student_patch_size", "16", "--lambda_bn", "0.01"])
+                                  "--student_patch_size", "16", "--lambda_bn", "0.01", "--real_data_reference", "true",
+                                  "--detection_query", "latent"])
     assert "hungarian" in results and "paired" not in results
+    # the real-data KD reference: same student, same steps, real train images, recorded as not data-free
+    reference_key = "hungarian-real-data"
+    assert "map_50" in results[reference_key] and reference_key in results["student_over_teacher_map_50"]
+    data_free, reference = (read_sidecar(os.path.join(out, f"student-{k}")) for k in ("hungarian", reference_key))
+    assert reference["provenance"]["mode"] == "real-data" and data_free["provenance"]["mode"] == "cgan"
+    assert reference["log_history"][-1]["step"] == data_free["log_history"][-1]["step"]
+    card = open(os.path.join(out, "student-hungarian-real-data", "README.md")).read()
+    assert "mode-real-data" in card and "data-free-knowledge-distillation" not in card
+    assert "the real training images" in card
     assert json.load(open(os.path.join(out, "student-hungarian", "config.json")))["model_type"] == "yolos"
     generator = read_sidecar(os.path.join(out, "gan", "pipeline"))  # the batch-norm prior reached the GAN
+    assert generator["gan"]["detection_query"] == "latent"
     assert generator["gan"]["lambda_bn"] == 0.01 and "batch-norm statistics loss (eval grid)" in generator["quality"]
 
 

@@ -88,6 +88,33 @@ def test_the_one_object_term_is_weighted_and_can_be_turned_off(tmp_path, teacher
         DetectionGANConfig(str(tmp_path), lambda_background=-1.0)
 
 
+def test_latent_query_mode_asks_the_query_picked_by_each_latent_for_the_class(tmp_path, teacher, data):
+    g, d = gan()
+    transformed = data["train"].with_transform(DetectionGANTransform(64))
+    labels = torch.tensor([0, 1, 2, 3])
+    latents = torch.randn(4, 100, generator=torch.Generator().manual_seed(0))
+    latents[:, :5] = torch.eye(5)[[4, 0, 2, 1]] * 5  # queries 4, 0, 2, 1 (the teacher has 5)
+    fake = g(latents, labels).detach()
+    config = DetectionGANConfig(str(tmp_path), max_steps=1, batch_size=8, use_cpu=True, lambda_attn=0.0,
+                                lambda_background=0.0, detection_query="latent")
+    trainer = DetectionGANTrainer(teacher, g, d, config, transformed)
+    _, parts = trainer.guidance_losses(fake, labels, latents=latents)
+    with torch.no_grad():
+        probs = teacher(pixel_values=trainer.to_teacher(fake)).logits.softmax(-1)
+    expected = -torch.log(probs[torch.arange(4), torch.tensor([4, 0, 2, 1]), labels] + 1e-8).mean()
+    torch.testing.assert_close(parts["det_loss"], expected)
+    best = DetectionGANTrainer(teacher, g, d, DetectionGANConfig(str(tmp_path / "best"), max_steps=1, batch_size=8,
+                                                                 use_cpu=True, lambda_attn=0.0, lambda_background=0.0),
+                               transformed).guidance_losses(fake, labels, latents=latents)[1]["det_loss"]
+    assert best <= parts["det_loss"]  # the best query detects the class at least as well as any assigned one
+    # a latent shorter than the query count cannot pick every query
+    small = ConditionalGenerator(num_classes=10, image_size=64, num_channels=3, channels=(32, 16, 8), latent_dim=4)
+    with pytest.raises(ValueError, match="latent_dim >= the teacher's 5 queries"):
+        DetectionGANTrainer(teacher, small, d, config, transformed)
+    with pytest.raises(ValueError, match="detection_query must be"):
+        DetectionGANConfig(str(tmp_path), detection_query="random")
+
+
 def test_attention_guidance_needs_probes_at_the_generators_size(tmp_path, teacher, data):
     g, d = gan()
     config = DetectionGANConfig(str(tmp_path), max_steps=1, batch_size=8, use_cpu=True)

@@ -173,6 +173,7 @@ def train_detection_generator(
                           gan={"steps": trainer.global_step, "lambda_attn": config.lambda_attn,
                                "lambda_detection": config.lambda_detection,
                                "lambda_background": config.lambda_background, "lambda_bn": config.lambda_bn,
+                               "detection_query": config.detection_query,
                                "lambda_diversity": config.lambda_diversity, "batch_size": config.batch_size,
                                "seed": config.seed})
             pipeline_card(tmp).save(os.path.join(tmp, "README.md"))
@@ -316,6 +317,9 @@ class DetectionChainArguments:
     lambda_bn: float = field(default=0.0, metadata={
         "help": "Weight of the batch-norm statistics prior: generated images should give the feature statistics "
                 "stored in the teacher backbone's batch norms (0: off)."})
+    detection_query: Literal["best", "latent"] = field(default="best", metadata={
+        "help": "Which teacher query must detect the conditioning class: 'best' (whichever does it best) or 'latent' "
+                "(a query picked by each image's latent, so objects land where different queries look)."})
     lambda_diversity: float = field(default=0.2, metadata={"help": "Weight of the mode-seeking loss (0: off)."})
     gan_epochs: float = field(default=20, metadata={"help": "GAN epochs over the real train images with objects."})
     gan_steps: int = field(default=-1, metadata={"help": "If > 0: GAN steps, overriding gan_epochs."})
@@ -349,6 +353,10 @@ class DetectionChainArguments:
     student_augmentation: bool = field(default=False, metadata={
         "help": "Augment the synthetic images at every student step (flip, zoom-in crop, colour jitter); the teacher "
                 "labels the augmented images, so the student sees objects at more positions and scales."})
+    real_data_reference: bool = field(default=False, metadata={
+        "help": "Also distil one student per target mode on the real train images, for the data-free students' number "
+                "of steps (the teacher labels them; not data-free): the paper's real-data KD reference, which shows "
+                "how much the synthetic images lose."})
     temperature: float = field(default=2.0, metadata={"help": "Temperature of the KL term."})
     confidence_threshold: float = field(default=0.3, metadata={
         "help": "Teacher detections scoring at least this are the hungarian mode's targets."})
@@ -455,7 +463,7 @@ def run_detection_chain(args: DetectionChainArguments) -> dict:
             args.gan_epochs * (with_objects // (args.gan_batch_size * state.num_processes))))
         config = DetectionGANConfig(
             gan_dir, lambda_attn=args.lambda_attn, lambda_detection=args.lambda_detection,
-            lambda_background=args.lambda_background, lambda_bn=args.lambda_bn,
+            lambda_background=args.lambda_background, lambda_bn=args.lambda_bn, detection_query=args.detection_query,
             lambda_diversity=args.lambda_diversity, max_steps=steps,
             batch_size=args.gan_batch_size,
             learning_rate=args.gan_learning_rate, seed=args.seed, use_cpu=args.use_cpu, logging_steps=25,
@@ -494,6 +502,21 @@ def run_detection_chain(args: DetectionChainArguments) -> dict:
                              augmentation=args.student_augmentation)
 
         stage(f"student ({target_mode})", student_dir, lambda p: None, make_student, everyone=True)
+    # the same students on the real train images instead: what the synthetic set costs (not data-free)
+    for target_mode in args.target_modes if args.real_data_reference else []:
+        key = f"{target_mode}-real-data"
+        student_dir = student_dirs[key] = os.path.join(out, f"student-{key}")
+
+        def make_reference(target_mode=target_mode, student_dir=student_dir):
+            # the data-free students' optimiser steps, so that only the images differ
+            steps = int(args.student_epochs * (len(synthetic) // (args.student_batch_size * state.num_processes)))
+            config = args.student_config(student_dir, target_mode, len(train), state.num_processes, max_steps=steps)
+            distill_detector(args.build_student(names), teacher, train, config, image_size=size, mode="real-data",
+                             train_description=f"the real split {args.train_split!r} of {args.dataset_name}",
+                             image_column=args.image_column, objects_column=args.objects_column,
+                             augmentation=args.student_augmentation)
+
+        stage(f"student ({key})", student_dir, lambda p: None, make_reference, everyone=True)
     if args.stop_after == "students":
         return {}
 
@@ -535,7 +558,8 @@ def detection_summary_table(r: dict) -> str:
     for key in ["teacher", *r["student_over_teacher_map_50"]]:
         row = r[key]
         ratio = r["student_over_teacher_map_50"].get(key)
-        name = "teacher" if key == "teacher" else f"student, target mode {key}"
+        name = "teacher" if key == "teacher" else f"student, target mode {key.removesuffix('-real-data')}" + (
+            ", real-data KD (reference, not data-free)" if key.endswith("-real-data") else "")
         lines.append(f"| {name} | {row['parameters']:,} | {1000 * row['latency_s_per_image']:.2f} ms | "
                      f"{row['map']:.4f} | {row['map_50']:.4f} | {'-' if key == 'teacher' or ratio is None else f'{ratio:.3f}'} |")
     lines += ["", f"{r['synthetic_images']} synthetic images; stage seconds: {r['seconds']}"]

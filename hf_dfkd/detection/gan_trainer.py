@@ -21,6 +21,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
@@ -70,11 +71,23 @@ def _restore_attention(model: PreTrainedModel, previous: str) -> None:
     model.set_attn_implementation({"": previous})
 
 
-def _class_queries(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each image, the query giving class ``labels[b]`` the highest probability, and that probability."""
+def _class_queries(logits: torch.Tensor, labels: torch.Tensor,
+                   query: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each image, the query giving class ``labels[b]`` the highest probability (or the given ``query``), and
+    that query's probability of the class."""
     probs = logits.softmax(-1)[torch.arange(len(labels)), :, labels]  # (B, Q)
-    query = probs.detach().argmax(1)
+    if query is None:
+        query = probs.detach().argmax(1)
     return query, probs[torch.arange(len(labels)), query]
+
+
+def latent_queries(latents: torch.Tensor, num_queries: int) -> torch.Tensor:
+    """The teacher query assigned to each latent: ``argmax(z[:num_queries])``, uniform over the queries for
+    ``z ~ N(0, I)`` and a function of what the generator sees, so it can learn where that query looks."""
+    if latents.shape[1] < num_queries:
+        raise ValueError(f"detection_query='latent' needs latent_dim >= the teacher's {num_queries} queries, got "
+                         f"{latents.shape[1]}: build the generator with a larger latent_dim or use 'best'")
+    return latents[:, :num_queries].argmax(1)
 
 
 @dataclass
@@ -190,6 +203,10 @@ class DetectionGANConfig(GANConfig):
     lambda_bn: float = field(default=0.0, metadata={
         "help": "Weight of the batch-norm statistics prior: the images' features at each batch norm of the teacher's "
                 "backbone should have the running mean and variance it stored in training (0: off)."})
+    detection_query: Literal["best", "latent"] = field(default="best", metadata={
+        "help": "Which teacher query must detect the conditioning class: 'best' (whichever does it best) or 'latent' "
+                "(the query argmax(z[:num_queries]) of each image's latent: DETR's queries look at different places, "
+                "so different latents put the object at different places instead of wherever one query looks)."})
     teacher_image_mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN), metadata={
         "help": "Teacher input mean."})
     teacher_image_std: list[float] = field(default_factory=lambda: list(IMAGENET_STD), metadata={
@@ -200,6 +217,8 @@ class DetectionGANConfig(GANConfig):
         for name in ("lambda_detection", "lambda_background", "lambda_bn"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.detection_query not in ("best", "latent"):
+            raise ValueError(f"detection_query must be 'best' or 'latent', got {self.detection_query!r}")
 
 
 class DetectionGANTrainer(GANTrainer):
@@ -242,6 +261,9 @@ class DetectionGANTrainer(GANTrainer):
         if not (g.num_classes == d.num_classes == t.num_labels):
             raise ValueError(f"class counts differ: generator {g.num_classes}, discriminator {d.num_classes}, "
                              f"teacher {t.num_labels}; build the GAN with num_classes=teacher.config.num_labels")
+        if self.args.detection_query == "latent" and g.latent_dim < t.num_queries:
+            raise ValueError(f"detection_query='latent' needs latent_dim >= the teacher's {t.num_queries} queries, "
+                             f"the generator has {g.latent_dim}: build it with a larger latent_dim or use 'best'")
         if (g.image_size, g.num_channels) != (d.image_size, d.num_channels) or g.num_channels != 3:
             raise ValueError(f"generator ({g.num_channels}x{g.image_size}²) and discriminator ({d.num_channels}x"
                              f"{d.image_size}²) must both make/take RGB images of one size")
@@ -260,20 +282,25 @@ class DetectionGANTrainer(GANTrainer):
     def _teacher_input_size(self, teacher: nn.Module) -> int:
         return self._generator_size
 
-    def _teacher_terms(self, images: torch.Tensor, labels: torch.Tensor):
+    def _teacher_terms(self, images: torch.Tensor, labels: torch.Tensor, query: torch.Tensor | None = None):
         attend = self.args.lambda_attn > 0
         out = self.teacher(pixel_values=self.to_teacher(images), output_attentions=attend)
-        query, prob = _class_queries(out.logits.float(), labels)
+        query, prob = _class_queries(out.logits.float(), labels, query)
         probe = out.cross_attentions[self.class_probes.layer].mean(1)[torch.arange(len(labels)), query] \
             if attend else None
         return out, query, prob, probe
 
-    def guidance_losses(self, fake: torch.Tensor, labels: torch.Tensor):
+    def guidance_losses(self, fake: torch.Tensor, labels: torch.Tensor, latents: torch.Tensor | None = None):
         a = self.args
         if a.lambda_attn == 0 and a.lambda_detection == 0 and a.lambda_background == 0 and a.lambda_bn == 0:
             return None, {}
         bn_prior = self._bn_statistics() if a.lambda_bn > 0 else None
-        out, query, prob, probe = self._teacher_terms(fake, labels)
+        query = None
+        if a.detection_query == "latent":
+            if latents is None:
+                raise ValueError("detection_query='latent' needs the generator's latents")
+            query = latent_queries(latents, self._raw_teacher.config.num_queries)
+        out, query, prob, probe = self._teacher_terms(fake, labels, query)
         parts = {"det_loss": -torch.log(prob + 1e-8).mean()}
         total = self.args.lambda_detection * parts["det_loss"]
         if bn_prior is not None:
