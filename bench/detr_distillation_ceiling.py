@@ -15,7 +15,6 @@ budget. Everything else (learning rate, temperature, threshold; the seed unless 
 import argparse
 import dataclasses
 import os
-import time
 
 from datasets import load_from_disk
 
@@ -23,13 +22,12 @@ from hf_dfkd.detection import (
     DetectionChainArguments,
     count_parameters,
     detection_class_names,
-    distill_detector,
     evaluate_detectors,
     load_detection_dataset,
     load_detector,
 )
 
-from _recipes import recipe_presets  # bench/ helper
+from _recipes import distill_and_evaluate, recipe_presets  # bench/ helpers
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 parser.add_argument("--dataset", required=True, help="real detection dataset (train split distilled on, test split)")
@@ -70,16 +68,11 @@ for source in args.images:
     label = "real" if source == "real" else os.path.basename(os.path.dirname(os.path.abspath(source))) or source
     label += f"-seed{chain.seed}" if args.seed is not None else ""
     for mode in args.target_modes:
-        folder = os.path.join(args.output_dir, f"{label}-{mode}")
-        extra = {"max_steps": args.student_steps} if args.student_steps else {}
-        config = chain.student_config(folder, mode, len(images), disable_tqdm=True, **extra)
-        start = time.perf_counter()
-        trainer = distill_detector(chain.build_student(names), teacher, images, config, image_size=size,
-                                   train_description=f"bench: {source}")
-        seconds = time.perf_counter() - start
-        student = trainer.accelerator.unwrap_model(trainer.model).eval()
-        row = evaluate_detectors({"s": student}, test, image_size=size, latency_repeats=0, disable_tqdm=True)["s"]
+        student, steps, seconds, row = distill_and_evaluate(
+            chain, teacher, names, images, test, os.path.join(args.output_dir, f"{label}-{mode}"), mode,
+            config_overrides={"max_steps": args.student_steps} if args.student_steps else None,
+            train_description=f"bench: {source}")
         print(f"{label} ({len(images)} images) {mode:9s} ({count_parameters(student):,} parameters, "
-              f"{trainer.state.global_step} steps, {seconds:.1f} s): test mAP@0.5 {row['map_50']:.6f} "
+              f"{steps} steps, {seconds:.1f} s): test mAP@0.5 {row['map_50']:.6f} "
               f"({row['map_50'] / max(teacher_map['map_50'], 1e-12):.3f} of the teacher), mAP {row['map']:.6f}",
               flush=True)

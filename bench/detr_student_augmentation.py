@@ -11,7 +11,6 @@ chain's student stage sets it; the synthetic set is loaded, not regenerated, so 
 
 import argparse
 import os
-import time
 
 from datasets import load_from_disk
 
@@ -19,13 +18,11 @@ from hf_dfkd.detection import (
     DetectionChainArguments,
     count_parameters,
     detection_class_names,
-    distill_detector,
-    evaluate_detectors,
     load_detection_dataset,
     load_detector,
 )
 
-from _recipes import recipe_presets  # bench/ helper
+from _recipes import distill_and_evaluate, recipe_presets  # bench/ helpers
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 parser.add_argument("--dataset", required=True)
@@ -42,17 +39,11 @@ test = load_detection_dataset(args.dataset, "test", seed=chain.seed)
 names = detection_class_names(test)
 teacher = load_detector(args.teacher, "teacher").eval()
 synthetic = load_from_disk(args.synthetic)
-size = (chain.image_size, chain.image_size)
 for variant in args.variants:
     for mode in args.target_modes:
-        folder = os.path.join(args.output_dir, f"{variant}-{mode}")
-        config = chain.student_config(folder, mode, len(synthetic), disable_tqdm=True)
-        start = time.perf_counter()
-        trainer = distill_detector(chain.build_student(names), teacher, synthetic, config, image_size=size,
-                                   augmentation=variant == "augmented")
-        seconds = time.perf_counter() - start
-        student = trainer.accelerator.unwrap_model(trainer.model).eval()
-        row = evaluate_detectors({"s": student}, test, image_size=size, latency_repeats=0, disable_tqdm=True)["s"]
-        print(f"{variant:9s} {mode:9s} ({count_parameters(student):,} parameters, {trainer.state.global_step} steps, "
+        student, steps, seconds, row = distill_and_evaluate(
+            chain, teacher, names, synthetic, test, os.path.join(args.output_dir, f"{variant}-{mode}"), mode,
+            augmentation=variant == "augmented")
+        print(f"{variant:9s} {mode:9s} ({count_parameters(student):,} parameters, {steps} steps, "
               f"{seconds:.1f} s): test mAP@0.5 {row['map_50']:.6f}, mAP {row['map']:.6f}, "
               f"mAR@100 {row['mar_100']:.6f}", flush=True)

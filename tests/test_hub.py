@@ -34,8 +34,9 @@ class RecordingApi:
         return self.root / repo_id.replace("/", "__")
 
 
-def card_metadata(path: Path) -> dict:
-    text = path.read_text()
+def card_metadata(card) -> dict:
+    """The YAML header of a card: a README path or a ``ModelCard``."""
+    text = card.read_text() if isinstance(card, Path) else str(card)
     assert text.startswith("---\n")
     return yaml.safe_load(text.split("---\n")[1])
 
@@ -64,16 +65,12 @@ def saved_student(tmp_path, evaluated=True) -> Path:
 
 def test_a_real_data_student_card_is_not_tagged_data_free(tmp_path):
     folder = saved_student(tmp_path)
-    assert "data-free-knowledge-distillation" in card_metadata_of(student_card(folder))["tags"]
+    assert "data-free-knowledge-distillation" in card_metadata(student_card(folder))["tags"]
     write_sidecar(folder, provenance={**read_sidecar(folder)["provenance"], "mode": "real-data"})
     card = student_card(folder)
-    meta = card_metadata_of(card)
+    meta = card_metadata(card)
     assert "mode-real-data" in meta["tags"] and "data-free-knowledge-distillation" not in meta["tags"]
     assert "imitates the teacher on the real training images" in str(card)
-
-
-def card_metadata_of(card) -> dict:
-    return yaml.safe_load(str(card).split("---\n")[1])
 
 
 def test_push_student_uploads_a_loadable_model_with_model_index(tmp_path, api):

@@ -488,35 +488,30 @@ def run_detection_chain(args: DetectionChainArguments) -> dict:
     if args.stop_after == "synthetic":
         return {}
 
-    # 5. one student per target mode; they see synthetic images only
+    # 5. one student per target mode on the synthetic images; with real_data_reference, the same students on the
+    # real train images for the same optimiser steps: what the synthetic set costs (the paper's real-data KD, not
+    # data-free)
+    sources = [("", synthetic, pipe.config.mode, f"synthetic, written by the pipeline in {gan_dir}/pipeline",
+                ("image", "objects"), {})]
+    if args.real_data_reference:
+        steps = int(args.student_epochs * (len(synthetic) // (args.student_batch_size * state.num_processes)))
+        sources.append(("-real-data", train, "real-data", f"the real split {args.train_split!r} of {args.dataset_name}",
+                        (args.image_column, args.objects_column), {"max_steps": steps}))
     student_dirs = {}
-    for target_mode in args.target_modes:
-        student_dir = student_dirs[target_mode] = os.path.join(out, f"student-{target_mode}")
+    for suffix, images, mode, description, (image_column, objects_column), overrides in sources:
+        for target_mode in args.target_modes:
+            key = target_mode + suffix
+            student_dir = student_dirs[key] = os.path.join(out, f"student-{key}")
 
-        def make_student(target_mode=target_mode, student_dir=student_dir):
-            student = args.build_student(names)
-            config = args.student_config(student_dir, target_mode, len(synthetic), state.num_processes)
-            distill_detector(student, teacher, synthetic, config, image_size=size, mode=pipe.config.mode,
-                             train_description=f"synthetic, written by the pipeline in {gan_dir}/pipeline",
-                             image_column="image", objects_column="objects",
-                             augmentation=args.student_augmentation)
+            def make_student(target_mode=target_mode, student_dir=student_dir, images=images, mode=mode,
+                             description=description, image_column=image_column, objects_column=objects_column,
+                             overrides=overrides):
+                config = args.student_config(student_dir, target_mode, len(images), state.num_processes, **overrides)
+                distill_detector(args.build_student(names), teacher, images, config, image_size=size, mode=mode,
+                                 train_description=description, image_column=image_column,
+                                 objects_column=objects_column, augmentation=args.student_augmentation)
 
-        stage(f"student ({target_mode})", student_dir, lambda p: None, make_student, everyone=True)
-    # the same students on the real train images instead: what the synthetic set costs (not data-free)
-    for target_mode in args.target_modes if args.real_data_reference else []:
-        key = f"{target_mode}-real-data"
-        student_dir = student_dirs[key] = os.path.join(out, f"student-{key}")
-
-        def make_reference(target_mode=target_mode, student_dir=student_dir):
-            # the data-free students' optimiser steps, so that only the images differ
-            steps = int(args.student_epochs * (len(synthetic) // (args.student_batch_size * state.num_processes)))
-            config = args.student_config(student_dir, target_mode, len(train), state.num_processes, max_steps=steps)
-            distill_detector(args.build_student(names), teacher, train, config, image_size=size, mode="real-data",
-                             train_description=f"the real split {args.train_split!r} of {args.dataset_name}",
-                             image_column=args.image_column, objects_column=args.objects_column,
-                             augmentation=args.student_augmentation)
-
-        stage(f"student ({key})", student_dir, lambda p: None, make_reference, everyone=True)
+            stage(f"student ({key})", student_dir, lambda p: None, make_student, everyone=True)
     if args.stop_after == "students":
         return {}
 

@@ -81,12 +81,10 @@ def _class_queries(logits: torch.Tensor, labels: torch.Tensor,
     return query, probs[torch.arange(len(labels)), query]
 
 
-def latent_queries(latents: torch.Tensor, num_queries: int) -> torch.Tensor:
+def _latent_queries(latents: torch.Tensor, num_queries: int) -> torch.Tensor:
     """The teacher query assigned to each latent: ``argmax(z[:num_queries])``, uniform over the queries for
-    ``z ~ N(0, I)`` and a function of what the generator sees, so it can learn where that query looks."""
-    if latents.shape[1] < num_queries:
-        raise ValueError(f"detection_query='latent' needs latent_dim >= the teacher's {num_queries} queries, got "
-                         f"{latents.shape[1]}: build the generator with a larger latent_dim or use 'best'")
+    ``z ~ N(0, I)`` and a function of what the generator sees, so it can learn where that query looks (the trainer
+    checks ``latent_dim >= num_queries`` when it is built)."""
     return latents[:, :num_queries].argmax(1)
 
 
@@ -299,7 +297,7 @@ class DetectionGANTrainer(GANTrainer):
         if a.detection_query == "latent":
             if latents is None:
                 raise ValueError("detection_query='latent' needs the generator's latents")
-            query = latent_queries(latents, self._raw_teacher.config.num_queries)
+            query = _latent_queries(latents, self._raw_teacher.config.num_queries)
         out, query, prob, probe = self._teacher_terms(fake, labels, query)
         parts = {"det_loss": -torch.log(prob + 1e-8).mean()}
         total = self.args.lambda_detection * parts["det_loss"]
