@@ -161,8 +161,10 @@ class GANTrainer:
         attn = attention_guidance_loss(self.probe.probe_only(self.to_teacher(fake)), self.cap[labels])
         return self.args.lambda_attn * attn, {"attn_loss": attn}
 
-    def evaluation_metrics(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-        """What the teacher thinks of generated ``images`` of classes ``labels`` (under ``no_grad``)."""
+    def evaluation_metrics(self, images: torch.Tensor, labels: torch.Tensor,
+                           latents: torch.Tensor | None = None) -> dict[str, float]:
+        """What the teacher thinks of generated ``images`` of classes ``labels``, made from ``latents`` (under
+        ``no_grad``)."""
         logits = self.teacher(pixel_values=self.to_teacher(images)).logits
         metrics = {"eval_teacher_accuracy": (logits.argmax(-1) == labels).float().mean().item()}
         if self.probe is not None:
@@ -315,7 +317,7 @@ class GANTrainer:
         latents = torch.randn(n * self.num_classes, self.latent_dim, generator=g).to(acc.device)
         labels = torch.arange(self.num_classes).repeat_interleave(n).to(acc.device)
         images = generator(latents, labels)
-        metrics = self.evaluation_metrics(images, labels)
+        metrics = self.evaluation_metrics(images, labels, latents=latents)
         if acc.is_main_process:
             from torchvision.utils import save_image
 

@@ -65,7 +65,7 @@ def test_recipe_smoke_preset_runs_one_target_mode(tmp_path):
     results = load_recipe().main(["--preset", "smoke", "--output_dir", out, "--use_cpu", "true",
                                   "--target_modes", "hungarian", "--student_family", "yolos",
                                   "--student_patch_size", "16", "--lambda_bn", "0.01", "--real_data_reference", "true",
-                                  "--detection_query", "latent"])
+                                  "--detection_query", "layout", "--layout_box_size", "0.1", "0.4"])
     assert "hungarian" in results and "paired" not in results
     # the real-data KD reference: same student, same steps, real train images, recorded as not data-free
     reference_key = "hungarian-real-data"
@@ -78,7 +78,8 @@ def test_recipe_smoke_preset_runs_one_target_mode(tmp_path):
     assert "the real training images" in card
     assert json.load(open(os.path.join(out, "student-hungarian", "config.json")))["model_type"] == "yolos"
     generator = read_sidecar(os.path.join(out, "gan", "pipeline"))  # the batch-norm prior reached the GAN
-    assert generator["gan"]["detection_query"] == "latent"
+    assert generator["gan"]["detection_query"] == "layout" and generator["gan"]["layout_box_size"] == [0.1, 0.4]
+    assert "median IoU of the teacher's box with the layout box (eval grid)" in generator["quality"]
     assert generator["gan"]["lambda_bn"] == 0.01 and "batch-norm statistics loss (eval grid)" in generator["quality"]
 
 
@@ -87,6 +88,8 @@ def test_recipe_smoke_preset_runs_one_target_mode(tmp_path):
     ({"image_size": 50}, "multiple of 16"),
     ({"score_threshold": 0.0}, "score_threshold"),
     ({"test_split": "train"}, "held out"),
+    ({"detection_query": "layout", "layout_box_size": [0.3, 0.1]}, "layout_box_size"),
+    ({"lambda_box": -1.0}, "lambda_box must be >= 0"),
 ])
 def test_bad_arguments_fail_before_any_work(tmp_path, kw, message):
     with pytest.raises(ValueError, match=message):

@@ -13,6 +13,7 @@ from hf_dfkd.detection.gan_trainer import (
     DetectionGANTrainer,
     DetectionGANTransform,
     compute_detection_class_probes,
+    layout_boxes,
 )
 from hf_dfkd.detection.pipeline import DetectionSyntheticPipeline
 from hf_dfkd.hub import read_sidecar
@@ -113,6 +114,61 @@ def test_latent_query_mode_asks_the_query_picked_by_each_latent_for_the_class(tm
         DetectionGANTrainer(teacher, small, d, config, transformed)
     with pytest.raises(ValueError, match="detection_query must be"):
         DetectionGANConfig(str(tmp_path), detection_query="random")
+
+
+def test_layout_boxes_are_a_function_of_the_latent_inside_the_image_and_of_the_asked_sizes():
+    latents = torch.randn(4000, 8, generator=torch.Generator().manual_seed(0))
+    boxes = layout_boxes(latents, 0.05, 0.4)
+    cx, cy, w, h = boxes.unbind(1)
+    assert torch.equal(boxes, layout_boxes(latents.clone(), 0.05, 0.4))  # the generator can read its box off z
+    assert (cx - w / 2 >= 0).all() and (cx + w / 2 <= 1 + 1e-6).all() and (cy - h / 2 >= 0).all()
+    assert (cy + h / 2 <= 1 + 1e-6).all()
+    side = (w * h).sqrt()  # the aspect ratio cancels
+    assert side.min() >= 0.05 - 1e-6 and side.max() <= 0.4 + 1e-6
+    assert side.min() < 0.06 and side.max() > 0.35  # the whole range is used
+    assert ((w / h) <= 4 + 1e-4).all() and ((w / h) >= 0.25 - 1e-4).all()
+    assert cx.std() > 0.2 and cy.std() > 0.2  # spread over the image, not at one place
+    with pytest.raises(ValueError, match="at least 4 dimensions"):
+        layout_boxes(latents[:, :3], 0.05, 0.4)
+
+
+def test_layout_mode_asks_the_teacher_for_the_class_with_its_box_at_the_latents_layout(tmp_path, teacher, data):
+    g, d = gan()
+    transformed = data["train"].with_transform(DetectionGANTransform(64))
+    labels = torch.tensor([0, 1, 2, 3])
+    latents = torch.randn(4, 100, generator=torch.Generator().manual_seed(0))
+    config = DetectionGANConfig(str(tmp_path), max_steps=2, batch_size=8, use_cpu=True, lambda_attn=0.0,
+                                detection_query="layout", layout_box_size=[0.1, 0.5], lambda_box=2.0,
+                                eval_steps=2, eval_images_per_class=1, logging_steps=1, lambda_diversity=0.0)
+    trainer = DetectionGANTrainer(teacher, g, d, config, transformed)
+    fake = trainer.generator(latents, labels)
+    total, parts = trainer.guidance_losses(fake, labels, latents=latents)
+    with torch.no_grad():
+        out = teacher(pixel_values=trainer.to_teacher(fake))
+    target = layout_boxes(latents, 0.1, 0.5)
+    # the object query is the one DETR's matcher pairs with (class, layout box); its box is regressed onto it
+    from transformers.loss.loss_for_object_detection import HungarianMatcher
+    matched = HungarianMatcher(class_cost=1, bbox_cost=5, giou_cost=2)(
+        {"logits": out.logits, "pred_boxes": out.pred_boxes},
+        [{"class_labels": labels[i:i + 1], "boxes": target[i:i + 1]} for i in range(4)])
+    query = torch.cat([q for q, _ in matched])
+    from hf_dfkd.detection.losses import background_query_loss, box_regression_loss
+    torch.testing.assert_close(parts["box_loss"], box_regression_loss(out.pred_boxes[torch.arange(4), query], target))
+    probs = out.logits.softmax(-1)[torch.arange(4), query, labels]
+    torch.testing.assert_close(parts["det_loss"], -torch.log(probs + 1e-8).mean())
+    expected = parts["det_loss"] + 2.0 * parts["box_loss"] + background_query_loss(out.logits, query)
+    torch.testing.assert_close(total, expected)
+    total.backward()
+    assert trainer.generator.net[0].weight.grad.abs().sum() > 0
+    metrics = DetectionGANTrainer(teacher, *gan(), config, transformed).train()
+    assert 0 <= metrics["eval_layout_iou"] <= 1
+    with pytest.raises(ValueError, match="needs the generator's latents"):
+        trainer.guidance_losses(fake.detach(), labels)
+    with pytest.raises(ValueError, match="layout_box_size must be"):
+        DetectionGANConfig(str(tmp_path), layout_box_size=[0.0, 0.5])
+    small = ConditionalGenerator(num_classes=10, image_size=64, num_channels=3, channels=(32, 16, 8), latent_dim=3)
+    with pytest.raises(ValueError, match="latent_dim >= 4"):
+        DetectionGANTrainer(teacher, small, d, config, transformed)
 
 
 def test_attention_guidance_needs_probes_at_the_generators_size(tmp_path, teacher, data):

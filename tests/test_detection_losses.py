@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from hf_dfkd.detection.losses import (
     background_query_loss,
+    box_regression_loss,
     expanded_target_bce,
     hungarian_detection_loss,
     paired_box_loss,
@@ -116,3 +117,20 @@ def test_background_query_loss_asks_every_query_but_the_objects_for_no_object():
     confident[..., -1] = 20.0
     assert background_query_loss(confident, best).item() == pytest.approx(0.0, abs=1e-6)
     assert background_query_loss(logits[:, :1].detach(), torch.tensor([0, 0])).item() == 0.0  # one query: nothing
+
+
+def test_box_regression_loss_is_l1_plus_one_minus_giou():
+    target = torch.tensor([[0.5, 0.5, 0.2, 0.2], [0.3, 0.7, 0.1, 0.3]])
+    assert box_regression_loss(target, target).item() == pytest.approx(0.0, abs=1e-6)
+    shifted = target + torch.tensor([0.2, 0.0, 0.0, 0.0])  # same size, no overlap with its target
+    pred = shifted.clone().requires_grad_(True)
+    loss = box_regression_loss(pred, target)
+    # L1 = 0.2 / 4 per box; GIoU of two disjoint boxes = -(gap area) / (hull area)
+    hull = torch.tensor([0.4 * 0.2, 0.3 * 0.3])
+    union = 2 * target[:, 2] * target[:, 3]
+    expected = (0.05 + 1 + (hull - union) / hull).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    loss.backward()
+    assert pred.grad[:, 0].gt(0).all()  # pulls the boxes back towards their targets
+    with pytest.raises(ValueError, match="must both be"):
+        box_regression_loss(target, target[:1])

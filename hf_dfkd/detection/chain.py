@@ -165,6 +165,9 @@ def train_detection_generator(
             quality["attention loss 1 - cos(AP, CAP) (eval grid)"] = round(metrics["eval_attn_loss"], 4)
         if "eval_bn_loss" in metrics:
             quality["batch-norm statistics loss (eval grid)"] = round(metrics["eval_bn_loss"], 4)
+        if "eval_layout_iou" in metrics:
+            quality["median IoU of the teacher's box with the layout box (eval grid)"] = round(
+                metrics["eval_layout_iou"], 4)
         with atomic_folder(os.path.join(config.output_dir, "pipeline")) as tmp:
             pipe.save_pretrained(tmp)
             t = teacher.config
@@ -174,6 +177,8 @@ def train_detection_generator(
                                "lambda_detection": config.lambda_detection,
                                "lambda_background": config.lambda_background, "lambda_bn": config.lambda_bn,
                                "detection_query": config.detection_query,
+                               **({"layout_box_size": list(config.layout_box_size), "lambda_box": config.lambda_box}
+                                  if config.detection_query == "layout" else {}),
                                "lambda_diversity": config.lambda_diversity, "batch_size": config.batch_size,
                                "seed": config.seed})
             pipeline_card(tmp).save(os.path.join(tmp, "README.md"))
@@ -317,9 +322,15 @@ class DetectionChainArguments:
     lambda_bn: float = field(default=0.0, metadata={
         "help": "Weight of the batch-norm statistics prior: generated images should give the feature statistics "
                 "stored in the teacher backbone's batch norms (0: off)."})
-    detection_query: Literal["best", "latent"] = field(default="best", metadata={
-        "help": "Which teacher query must detect the conditioning class: 'best' (whichever does it best) or 'latent' "
-                "(a query picked by each image's latent, so objects land where different queries look)."})
+    detection_query: Literal["best", "latent", "layout"] = field(default="best", metadata={
+        "help": "Which teacher query must detect the conditioning class: 'best' (whichever does it best), 'latent' "
+                "(a query picked by each image's latent, so objects land where different queries look) or 'layout' "
+                "(each latent draws a box and the teacher must detect the class in it: objects of every size at "
+                "every place)."})
+    layout_box_size: list[float] = field(default_factory=lambda: [0.03, 0.25], metadata={
+        "help": "--detection_query layout: smallest and largest box side, as a fraction of the image side."})
+    lambda_box: float = field(default=1.0, metadata={
+        "help": "--detection_query layout: weight of the teacher's box matching the layout box (L1 + 1 - GIoU)."})
     lambda_diversity: float = field(default=0.2, metadata={"help": "Weight of the mode-seeking loss (0: off)."})
     gan_epochs: float = field(default=20, metadata={"help": "GAN epochs over the real train images with objects."})
     gan_steps: int = field(default=-1, metadata={"help": "If > 0: GAN steps, overriding gan_epochs."})
@@ -374,6 +385,18 @@ class DetectionChainArguments:
                 raise ValueError(f"{name} must be in (0, 1), got {getattr(self, name)}")
         if len(self.generator_channels) != 3 or len(self.discriminator_channels) != 3:
             raise ValueError("generator_channels and discriminator_channels take three widths each")
+        self.gan_config("unused", 1)  # the GAN's own checks, before the teacher trains
+
+    def gan_config(self, output_dir: str, steps: int) -> DetectionGANConfig:
+        """The guided GAN's config for ``steps`` optimiser steps, writing to ``output_dir``."""
+        return DetectionGANConfig(
+            output_dir, lambda_attn=self.lambda_attn, lambda_detection=self.lambda_detection,
+            lambda_background=self.lambda_background, lambda_bn=self.lambda_bn, detection_query=self.detection_query,
+            layout_box_size=list(self.layout_box_size), lambda_box=self.lambda_box,
+            lambda_diversity=self.lambda_diversity, max_steps=steps, batch_size=self.gan_batch_size,
+            learning_rate=self.gan_learning_rate, seed=self.seed, use_cpu=self.use_cpu, logging_steps=25,
+            eval_steps=max(1, steps // 5), save_steps=max(1, steps // 5), save_total_limit=1,
+            eval_images_per_class=8)
 
     def build_teacher(self, class_names: list[str]) -> PreTrainedModel:
         """A fresh DETR teacher of these sizes (the data owner's model when none is given)."""
@@ -461,14 +484,7 @@ def run_detection_chain(args: DetectionChainArguments) -> dict:
         with_objects = sum(1 for o in train[args.objects_column] if len(o["category"]))
         steps = args.gan_steps if args.gan_steps > 0 else max(1, round(
             args.gan_epochs * (with_objects // (args.gan_batch_size * state.num_processes))))
-        config = DetectionGANConfig(
-            gan_dir, lambda_attn=args.lambda_attn, lambda_detection=args.lambda_detection,
-            lambda_background=args.lambda_background, lambda_bn=args.lambda_bn, detection_query=args.detection_query,
-            lambda_diversity=args.lambda_diversity, max_steps=steps,
-            batch_size=args.gan_batch_size,
-            learning_rate=args.gan_learning_rate, seed=args.seed, use_cpu=args.use_cpu, logging_steps=25,
-            eval_steps=max(1, steps // 5), save_steps=max(1, steps // 5), save_total_limit=1,
-            eval_images_per_class=8)
+        config = args.gan_config(gan_dir, steps)
         return train_detection_generator(
             teacher, train, config, image_size=args.image_size, class_probes=probes,
             generator_channels=tuple(args.generator_channels), discriminator_channels=tuple(args.discriminator_channels),

@@ -13,6 +13,12 @@ attending to it as it does on real objects of that class. ``L_bg`` (:func:`~hf_d
 background_query_loss`) asks every other query for "no object": one object per image, as in the real frames.
 ``L_BN`` (:func:`~hf_dfkd.losses.batchnorm_statistics_loss`, off by default) asks the generated images to give the
 feature statistics stored in the teacher backbone's batch-norm layers, those of its training images.
+
+With ``detection_query="layout"`` each latent also draws a **layout box** ``b(z)`` (:func:`layout_boxes`: centre,
+size and aspect from ``z[:4]``), the object query is the one DETR's matcher would pair with the target
+``(y, b(z))``, and ``λ_box · L_box(b_teacher(q*), b(z))`` (:func:`~hf_dfkd.detection.losses.box_regression_loss`,
+L1 + 1 − GIoU) asks the teacher to put its box there: objects of every size at every place, as DIODE samples
+boxes for its synthetic detection images.
 """
 
 from __future__ import annotations
@@ -31,14 +37,17 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
+from torchvision.ops import box_iou
 from transformers import PreTrainedModel
+from transformers.image_transforms import center_to_corners_format
+from transformers.loss.loss_for_object_detection import generalized_box_iou
 
 from ..batchnorm_prior import BatchNormStatistics
 from ..gan_trainer import GANConfig, GANTrainer
 from ..losses import attention_guidance_loss
 from ..models import ConditionalDiscriminator, ConditionalGenerator
 from .data import DetectionCollator, DetectionTransform, detection_processor
-from .losses import background_query_loss
+from .losses import background_query_loss, box_regression_loss
 
 __all__ = [
     "DETECTION_PROBES_FILE",
@@ -48,6 +57,7 @@ __all__ = [
     "DetectionGANTransform",
     "compute_detection_class_probes",
     "eager_attention",
+    "layout_boxes",
 ]
 
 DETECTION_PROBES_FILE = "detection_class_probes.safetensors"
@@ -86,6 +96,40 @@ def _latent_queries(latents: torch.Tensor, num_queries: int) -> torch.Tensor:
     ``z ~ N(0, I)`` and a function of what the generator sees, so it can learn where that query looks (the trainer
     checks ``latent_dim >= num_queries`` when it is built)."""
     return latents[:, :num_queries].argmax(1)
+
+
+def layout_boxes(latents: torch.Tensor, min_size: float, max_size: float,
+                 max_aspect: float = 2.0) -> torch.Tensor:
+    """The layout box of each latent, ``(B, 4)`` normalised ``cx, cy, w, h``, a deterministic function of ``z[:4]``.
+
+    With ``u_i = Φ(z_i)`` (uniform for ``z ~ N(0, I)``): side ``s = min·(max/min)^u₂`` and aspect
+    ``a = max_aspect^(2u₃ − 1)`` (both log-uniform), ``w = s·√a``, ``h = s/√a`` (at most 1), and the centre uniform
+    over the positions that keep the box inside the image (``u₀``, ``u₁``). The generator sees the latent, so it can
+    learn to draw the object where its box is.
+    """
+    if latents.ndim != 2 or latents.shape[1] < 4:
+        raise ValueError(f"layout boxes need latents of at least 4 dimensions, got {tuple(latents.shape)}")
+    u = torch.special.ndtr(latents[:, :4].float())
+    side = min_size * (max_size / min_size) ** u[:, 2]
+    aspect = max_aspect ** (2 * u[:, 3] - 1)
+    w, h = (side * aspect.sqrt()).clamp(max=1.0), (side / aspect.sqrt()).clamp(max=1.0)
+    cx = w / 2 + u[:, 0] * (1 - w)
+    cy = h / 2 + u[:, 1] * (1 - h)
+    return torch.stack([cx, cy, w, h], dim=1)
+
+
+def _layout_queries(logits: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor,
+                    targets: torch.Tensor) -> torch.Tensor:
+    """For each image, the query DETR's Hungarian matcher pairs with its one target ``(labels[b], targets[b])``
+    (cost ``−p(y | q) + 5·L1 − 2·GIoU``, DETR's weights): the query already closest to detecting it there."""
+    batch, queries = logits.shape[:2]
+    probs = logits.detach().float().softmax(-1)[torch.arange(batch), :, labels]  # (B, Q)
+    pred = boxes.detach().float()
+    l1 = (pred - targets[:, None].float()).abs().sum(-1)  # (B, Q)
+    giou = generalized_box_iou(center_to_corners_format(pred.reshape(-1, 4)),
+                               center_to_corners_format(targets.float()))  # (B·Q, B)
+    giou = giou.reshape(batch, queries, batch)[torch.arange(batch), :, torch.arange(batch)]  # (B, Q)
+    return (-probs + 5 * l1 - 2 * giou).argmin(1)
 
 
 @dataclass
@@ -201,10 +245,19 @@ class DetectionGANConfig(GANConfig):
     lambda_bn: float = field(default=0.0, metadata={
         "help": "Weight of the batch-norm statistics prior: the images' features at each batch norm of the teacher's "
                 "backbone should have the running mean and variance it stored in training (0: off)."})
-    detection_query: Literal["best", "latent"] = field(default="best", metadata={
-        "help": "Which teacher query must detect the conditioning class: 'best' (whichever does it best) or 'latent' "
+    detection_query: Literal["best", "latent", "layout"] = field(default="best", metadata={
+        "help": "Which teacher query must detect the conditioning class: 'best' (whichever does it best), 'latent' "
                 "(the query argmax(z[:num_queries]) of each image's latent: DETR's queries look at different places, "
-                "so different latents put the object at different places instead of wherever one query looks)."})
+                "so different latents put the object at different places instead of wherever one query looks) or "
+                "'layout' (each latent draws a box, see layout_box_size, and the query matched to it must detect the "
+                "class with its box there: objects of every size at every place)."})
+    layout_box_size: list[float] = field(default_factory=lambda: [0.03, 0.25], metadata={
+        "help": "detection_query='layout': smallest and largest box side, as a fraction of the image side (drawn "
+                "log-uniform; aspect ratios 1:2 to 2:1). The default spans the 5th to 95th percentile of the drone "
+                "frames' object sides."})
+    lambda_box: float = field(default=1.0, metadata={
+        "help": "detection_query='layout': weight of L1 + 1 − GIoU between the teacher's box of the object query and "
+                "the layout box."})
     teacher_image_mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN), metadata={
         "help": "Teacher input mean."})
     teacher_image_std: list[float] = field(default_factory=lambda: list(IMAGENET_STD), metadata={
@@ -212,11 +265,15 @@ class DetectionGANConfig(GANConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        for name in ("lambda_detection", "lambda_background", "lambda_bn"):
+        for name in ("lambda_detection", "lambda_background", "lambda_bn", "lambda_box"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.detection_query not in ("best", "latent"):
-            raise ValueError(f"detection_query must be 'best' or 'latent', got {self.detection_query!r}")
+        if self.detection_query not in ("best", "latent", "layout"):
+            raise ValueError(f"detection_query must be 'best', 'latent' or 'layout', got {self.detection_query!r}")
+        sizes = list(self.layout_box_size)
+        if len(sizes) != 2 or not 0 < sizes[0] <= sizes[1] <= 1:
+            raise ValueError(f"layout_box_size must be [min, max] with 0 < min <= max <= 1 (fractions of the image "
+                             f"side), got {self.layout_box_size}")
 
 
 class DetectionGANTrainer(GANTrainer):
@@ -262,6 +319,9 @@ class DetectionGANTrainer(GANTrainer):
         if self.args.detection_query == "latent" and g.latent_dim < t.num_queries:
             raise ValueError(f"detection_query='latent' needs latent_dim >= the teacher's {t.num_queries} queries, "
                              f"the generator has {g.latent_dim}: build it with a larger latent_dim or use 'best'")
+        if self.args.detection_query == "layout" and g.latent_dim < 4:
+            raise ValueError(f"detection_query='layout' draws each box from z[:4], the generator's latent_dim is "
+                             f"{g.latent_dim}: build it with latent_dim >= 4")
         if (g.image_size, g.num_channels) != (d.image_size, d.num_channels) or g.num_channels != 3:
             raise ValueError(f"generator ({g.num_channels}x{g.image_size}²) and discriminator ({d.num_channels}x"
                              f"{d.image_size}²) must both make/take RGB images of one size")
@@ -280,9 +340,17 @@ class DetectionGANTrainer(GANTrainer):
     def _teacher_input_size(self, teacher: nn.Module) -> int:
         return self._generator_size
 
-    def _teacher_terms(self, images: torch.Tensor, labels: torch.Tensor, query: torch.Tensor | None = None):
+    def _layout(self, latents: torch.Tensor | None) -> torch.Tensor | None:
+        if self.args.detection_query != "layout" or latents is None:
+            return None
+        return layout_boxes(latents, *self.args.layout_box_size)
+
+    def _teacher_terms(self, images: torch.Tensor, labels: torch.Tensor, query: torch.Tensor | None = None,
+                       layout: torch.Tensor | None = None):
         attend = self.args.lambda_attn > 0
         out = self.teacher(pixel_values=self.to_teacher(images), output_attentions=attend)
+        if layout is not None:
+            query = _layout_queries(out.logits, out.pred_boxes, labels, layout)
         query, prob = _class_queries(out.logits.float(), labels, query)
         probe = out.cross_attentions[self.class_probes.layer].mean(1)[torch.arange(len(labels)), query] \
             if attend else None
@@ -294,13 +362,17 @@ class DetectionGANTrainer(GANTrainer):
             return None, {}
         bn_prior = self._bn_statistics() if a.lambda_bn > 0 else None
         query = None
+        if a.detection_query != "best" and latents is None:
+            raise ValueError(f"detection_query={a.detection_query!r} needs the generator's latents")
         if a.detection_query == "latent":
-            if latents is None:
-                raise ValueError("detection_query='latent' needs the generator's latents")
             query = _latent_queries(latents, self._raw_teacher.config.num_queries)
-        out, query, prob, probe = self._teacher_terms(fake, labels, query)
+        out, query, prob, probe = self._teacher_terms(fake, labels, query, self._layout(latents))
         parts = {"det_loss": -torch.log(prob + 1e-8).mean()}
         total = self.args.lambda_detection * parts["det_loss"]
+        if a.detection_query == "layout":
+            picked = out.pred_boxes[torch.arange(len(labels)), query]
+            parts["box_loss"] = box_regression_loss(picked, self._layout(latents))
+            total = total + a.lambda_box * parts["box_loss"]
         if bn_prior is not None:
             parts["bn_loss"] = bn_prior.loss()
             bn_prior.clear()
@@ -313,15 +385,22 @@ class DetectionGANTrainer(GANTrainer):
             total = total + self.args.lambda_attn * parts["attn_loss"]
         return total, parts
 
-    def evaluation_metrics(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    def evaluation_metrics(self, images: torch.Tensor, labels: torch.Tensor,
+                           latents: torch.Tensor | None = None) -> dict[str, float]:
         bn_prior = self._bn_statistics() if self.args.lambda_bn > 0 else None
-        out, _, prob, probe = self._teacher_terms(images, labels)
+        layout = self._layout(latents)
+        out, query, prob, probe = self._teacher_terms(images, labels, layout=layout)
         scores = out.logits.float().softmax(-1)[..., :-1]  # (B, Q, C)
         top_class = scores.flatten(1).argmax(1) % scores.shape[-1]
         metrics = {"eval_teacher_accuracy": (top_class == labels).float().mean().item(),
                    "eval_teacher_detects_class": (prob >= 0.5).float().mean().item(),
                    # crowding: real drone frames hold about one object each
                    "eval_teacher_detections_per_image": (scores.amax(-1) >= 0.5).sum(1).float().mean().item()}
+        if layout is not None:
+            picked = out.pred_boxes[torch.arange(len(labels)), query].float()
+            iou = box_iou(center_to_corners_format(picked), center_to_corners_format(layout.float())).diag()
+            # does the generator put the object where its latent says?
+            metrics["eval_layout_iou"] = iou.median().item()
         if probe is not None:
             metrics["eval_attn_loss"] = attention_guidance_loss(probe, self.cap[labels]).item()
         if bn_prior is not None:

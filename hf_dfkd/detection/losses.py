@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from transformers.loss.loss_for_object_detection import HungarianMatcher, ImageLoss
+from transformers.image_transforms import center_to_corners_format
+from transformers.loss.loss_for_object_detection import HungarianMatcher, ImageLoss, generalized_box_iou
 
 from ..losses import kd_loss
 
 __all__ = [
     "background_query_loss",
+    "box_regression_loss",
     "expanded_target_bce",
     "hungarian_detection_loss",
     "paired_box_loss",
@@ -168,3 +170,17 @@ def background_query_loss(logits: torch.Tensor, object_query: torch.Tensor) -> t
     others = torch.ones_like(log_background, dtype=torch.bool)
     others[torch.arange(batch, device=logits.device), object_query] = False
     return -log_background[others].mean()
+
+
+def box_regression_loss(pred_boxes: torch.Tensor, target_boxes: torch.Tensor) -> torch.Tensor:
+    r"""DETR's box terms between paired boxes: ``L = mean_b [ ‖b − b̂‖₁ / 4 + (1 − GIoU(b, b̂)) ]``.
+
+    ``pred_boxes``, ``target_boxes``: ``(B, 4)`` normalised ``cx, cy, w, h``. A generator term: the teacher's box for
+    the object query should be the layout box drawn for the image.
+    """
+    if pred_boxes.shape != target_boxes.shape or pred_boxes.shape[-1] != 4:
+        raise ValueError(f"boxes must both be (B, 4), got {tuple(pred_boxes.shape)} and {tuple(target_boxes.shape)}")
+    pred, target = pred_boxes.float(), target_boxes.float()
+    l1 = (pred - target).abs().mean(-1)
+    giou = torch.diag(generalized_box_iou(center_to_corners_format(pred), center_to_corners_format(target)))
+    return (l1 + 1 - giou).mean()
