@@ -13,11 +13,10 @@ from hf_dfkd.detection.gan_trainer import (
     DetectionGANTrainer,
     DetectionGANTransform,
     compute_detection_class_probes,
-    layout_boxes,
 )
 from hf_dfkd.detection.pipeline import DetectionSyntheticPipeline
 from hf_dfkd.hub import read_sidecar
-from hf_dfkd.models import ConditionalDiscriminator, ConditionalGenerator
+from hf_dfkd.models import ConditionalDiscriminator, ConditionalGenerator, layout_boxes
 
 NAMES = [str(i) for i in range(10)]
 
@@ -132,8 +131,36 @@ def test_layout_boxes_are_a_function_of_the_latent_inside_the_image_and_of_the_a
         layout_boxes(latents[:, :3], 0.05, 0.4)
 
 
+def test_a_layout_generator_is_told_where_the_box_is_and_round_trips(tmp_path):
+    from hf_dfkd.models import layout_heatmap
+
+    heat = layout_heatmap(torch.tensor([[0.28125, 0.78125, 0.1, 0.2], [0.9, 0.1, 0.01, 0.01]]), 16)
+    assert heat.shape == (2, 1, 16, 16) and heat.max() <= 1
+    assert divmod(heat[0, 0].argmax().item(), 16) == (12, 4)  # row (y) 0.78125, column (x) 0.28125: cell centres
+    assert divmod(heat[1, 0].argmax().item(), 16) == (1, 14) and heat[1].max() > 0.5  # a sub-cell box still shows
+    g = ConditionalGenerator(num_classes=10, image_size=64, num_channels=3, channels=(32, 16, 8),
+                             layout_box_size=[0.1, 0.5])
+    latents = torch.randn(2, 100, generator=torch.Generator().manual_seed(0))
+    moved = latents.clone()
+    moved[:, :2] = -moved[:, :2]  # same everything but the box's place
+    labels = torch.tensor([1, 2])
+    with torch.no_grad():
+        assert not torch.allclose(g(latents, labels), g(moved, labels))
+        torch.testing.assert_close(g.layout(latents), layout_boxes(latents, 0.1, 0.5))
+        g.save_pretrained(str(tmp_path))
+        loaded = ConditionalGenerator.from_pretrained(str(tmp_path))
+        torch.testing.assert_close(loaded(latents, labels), g.eval()(latents, labels))
+    assert loaded.config.layout_box_size == [0.1, 0.5]
+    with pytest.raises(ValueError, match="layout_box_size must be"):
+        ConditionalGenerator(layout_box_size=[0.5, 0.1])
+    with pytest.raises(ValueError, match="latent_dim must be >= 4"):
+        ConditionalGenerator(latent_dim=3, layout_box_size=[0.1, 0.5])
+
+
 def test_layout_mode_asks_the_teacher_for_the_class_with_its_box_at_the_latents_layout(tmp_path, teacher, data):
-    g, d = gan()
+    g = ConditionalGenerator(num_classes=10, image_size=64, num_channels=3, channels=(32, 16, 8),
+                             layout_box_size=[0.1, 0.5])
+    d = gan()[1]
     transformed = data["train"].with_transform(DetectionGANTransform(64))
     labels = torch.tensor([0, 1, 2, 3])
     latents = torch.randn(4, 100, generator=torch.Generator().manual_seed(0))
@@ -160,8 +187,11 @@ def test_layout_mode_asks_the_teacher_for_the_class_with_its_box_at_the_latents_
     torch.testing.assert_close(total, expected)
     total.backward()
     assert trainer.generator.net[0].weight.grad.abs().sum() > 0
-    metrics = DetectionGANTrainer(teacher, *gan(), config, transformed).train()
+    metrics = DetectionGANTrainer(teacher, *gan(), config, transformed).train()  # a generator without layouts
     assert 0 <= metrics["eval_layout_iou"] <= 1
+    with pytest.raises(ValueError, match=r"draws layout boxes of \[0.1, 0.5\]"):
+        DetectionGANTrainer(teacher, g, d, DetectionGANConfig(str(tmp_path), detection_query="layout",
+                                                               layout_box_size=[0.1, 0.3]), transformed)
     with pytest.raises(ValueError, match="needs the generator's latents"):
         trainer.guidance_losses(fake.detach(), labels)
     with pytest.raises(ValueError, match="layout_box_size must be"):

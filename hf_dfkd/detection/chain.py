@@ -139,7 +139,9 @@ def train_detection_generator(
                                         desc="Images with objects")
     num_classes = teacher.config.num_labels
     generator = ConditionalGenerator(num_classes=num_classes, image_size=image_size, num_channels=3,
-                                     latent_dim=latent_dim, channels=tuple(generator_channels))
+                                     latent_dim=latent_dim, channels=tuple(generator_channels),
+                                     layout_box_size=list(config.layout_box_size)
+                                     if config.detection_query == "layout" else None)
     discriminator = ConditionalDiscriminator(num_classes=num_classes, image_size=image_size, num_channels=3,
                                              channels=tuple(discriminator_channels))
     if config.resume_from_checkpoint is None and any(

@@ -14,8 +14,9 @@ background_query_loss`) asks every other query for "no object": one object per i
 ``L_BN`` (:func:`~hf_dfkd.losses.batchnorm_statistics_loss`, off by default) asks the generated images to give the
 feature statistics stored in the teacher backbone's batch-norm layers, those of its training images.
 
-With ``detection_query="layout"`` each latent also draws a **layout box** ``b(z)`` (:func:`layout_boxes`: centre,
-size and aspect from ``z[:4]``), the object query is the one DETR's matcher would pair with the target
+With ``detection_query="layout"`` each latent also draws a **layout box** ``b(z)`` (:func:`~hf_dfkd.models.
+layout_boxes`: centre, size and aspect from ``z[:4]``; a generator built with the same ``layout_box_size`` also
+receives the box as a heatmap channel, so it is told where to draw), the object query is the one DETR's matcher would pair with the target
 ``(y, b(z))``, and ``λ_box · L_box(b_teacher(q*), b(z))`` (:func:`~hf_dfkd.detection.losses.box_regression_loss`,
 L1 + 1 − GIoU) asks the teacher to put its box there: objects of every size at every place, as DIODE samples
 boxes for its synthetic detection images.
@@ -45,7 +46,7 @@ from transformers.loss.loss_for_object_detection import generalized_box_iou
 from ..batchnorm_prior import BatchNormStatistics
 from ..gan_trainer import GANConfig, GANTrainer
 from ..losses import attention_guidance_loss
-from ..models import ConditionalDiscriminator, ConditionalGenerator
+from ..models import ConditionalDiscriminator, ConditionalGenerator, layout_boxes
 from .data import DetectionCollator, DetectionTransform, detection_processor
 from .losses import background_query_loss, box_regression_loss
 
@@ -57,7 +58,6 @@ __all__ = [
     "DetectionGANTransform",
     "compute_detection_class_probes",
     "eager_attention",
-    "layout_boxes",
 ]
 
 DETECTION_PROBES_FILE = "detection_class_probes.safetensors"
@@ -96,26 +96,6 @@ def _latent_queries(latents: torch.Tensor, num_queries: int) -> torch.Tensor:
     ``z ~ N(0, I)`` and a function of what the generator sees, so it can learn where that query looks (the trainer
     checks ``latent_dim >= num_queries`` when it is built)."""
     return latents[:, :num_queries].argmax(1)
-
-
-def layout_boxes(latents: torch.Tensor, min_size: float, max_size: float,
-                 max_aspect: float = 2.0) -> torch.Tensor:
-    """The layout box of each latent, ``(B, 4)`` normalised ``cx, cy, w, h``, a deterministic function of ``z[:4]``.
-
-    With ``u_i = Φ(z_i)`` (uniform for ``z ~ N(0, I)``): side ``s = min·(max/min)^u₂`` and aspect
-    ``a = max_aspect^(2u₃ − 1)`` (both log-uniform), ``w = s·√a``, ``h = s/√a`` (at most 1), and the centre uniform
-    over the positions that keep the box inside the image (``u₀``, ``u₁``). The generator sees the latent, so it can
-    learn to draw the object where its box is.
-    """
-    if latents.ndim != 2 or latents.shape[1] < 4:
-        raise ValueError(f"layout boxes need latents of at least 4 dimensions, got {tuple(latents.shape)}")
-    u = torch.special.ndtr(latents[:, :4].float())
-    side = min_size * (max_size / min_size) ** u[:, 2]
-    aspect = max_aspect ** (2 * u[:, 3] - 1)
-    w, h = (side * aspect.sqrt()).clamp(max=1.0), (side / aspect.sqrt()).clamp(max=1.0)
-    cx = w / 2 + u[:, 0] * (1 - w)
-    cy = h / 2 + u[:, 1] * (1 - h)
-    return torch.stack([cx, cy, w, h], dim=1)
 
 
 def _layout_queries(logits: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor,
@@ -322,6 +302,12 @@ class DetectionGANTrainer(GANTrainer):
         if self.args.detection_query == "layout" and g.latent_dim < 4:
             raise ValueError(f"detection_query='layout' draws each box from z[:4], the generator's latent_dim is "
                              f"{g.latent_dim}: build it with latent_dim >= 4")
+        drawn = getattr(g, "layout_box_size", None)
+        if drawn is not None and (self.args.detection_query != "layout"
+                                  or list(drawn) != list(self.args.layout_box_size)):
+            raise ValueError(f"the generator draws layout boxes of {list(drawn)} but the GAN config asks "
+                             f"detection_query={self.args.detection_query!r} with layout_box_size="
+                             f"{list(self.args.layout_box_size)}: use detection_query='layout' with the same sizes")
         if (g.image_size, g.num_channels) != (d.image_size, d.num_channels) or g.num_channels != 3:
             raise ValueError(f"generator ({g.num_channels}x{g.image_size}²) and discriminator ({d.num_channels}x"
                              f"{d.image_size}²) must both make/take RGB images of one size")

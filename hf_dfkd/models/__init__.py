@@ -2,6 +2,6 @@
 
 from .classifiers import build_classifier
 from .discriminator import ConditionalDiscriminator
-from .generator import ConditionalGenerator
+from .generator import ConditionalGenerator, layout_boxes, layout_heatmap
 
-__all__ = ["ConditionalDiscriminator", "ConditionalGenerator", "build_classifier"]
+__all__ = ["ConditionalDiscriminator", "ConditionalGenerator", "build_classifier", "layout_boxes", "layout_heatmap"]

@@ -11,7 +11,38 @@ from torch import nn
 
 from .init import dcgan_init
 
-__all__ = ["ConditionalGenerator"]
+__all__ = ["ConditionalGenerator", "layout_boxes"]
+
+
+def layout_boxes(latents: torch.Tensor, min_size: float, max_size: float,
+                 max_aspect: float = 2.0) -> torch.Tensor:
+    """The layout box of each latent, ``(B, 4)`` normalised ``cx, cy, w, h``, a deterministic function of ``z[:4]``.
+
+    With ``u_i = Φ(z_i)`` (uniform for ``z ~ N(0, I)``): side ``s = min·(max/min)^u₂`` and aspect
+    ``a = max_aspect^(2u₃ − 1)`` (both log-uniform), ``w = s·√a``, ``h = s/√a`` (at most 1), and the centre uniform
+    over the positions that keep the box inside the image (``u₀``, ``u₁``). Random latents give random layouts, so
+    a pipeline that samples ``z ~ N(0, I)`` needs nothing else.
+    """
+    if latents.ndim != 2 or latents.shape[1] < 4:
+        raise ValueError(f"layout boxes need latents of at least 4 dimensions, got {tuple(latents.shape)}")
+    u = torch.special.ndtr(latents[:, :4].float())
+    side = min_size * (max_size / min_size) ** u[:, 2]
+    aspect = max_aspect ** (2 * u[:, 3] - 1)
+    w, h = (side * aspect.sqrt()).clamp(max=1.0), (side / aspect.sqrt()).clamp(max=1.0)
+    cx = w / 2 + u[:, 0] * (1 - w)
+    cy = h / 2 + u[:, 1] * (1 - h)
+    return torch.stack([cx, cy, w, h], dim=1)
+
+
+def layout_heatmap(boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """``(B, 1, size, size)`` Gaussian bumps, one per ``cx, cy, w, h`` box, with standard deviations of half the box
+    (at least one cell, so a box smaller than a cell of a coarse feature map still shows)."""
+    grid = (torch.arange(size, device=boxes.device, dtype=boxes.dtype) + 0.5) / size
+    sx = (boxes[:, 2] / 2).clamp(min=1.0 / size)[:, None]
+    sy = (boxes[:, 3] / 2).clamp(min=1.0 / size)[:, None]
+    gx = torch.exp(-0.5 * ((grid[None] - boxes[:, 0:1]) / sx) ** 2)  # (B, size)
+    gy = torch.exp(-0.5 * ((grid[None] - boxes[:, 1:2]) / sy) ** 2)
+    return (gy[:, :, None] * gx[:, None, :])[:, None]
 
 
 class ConditionalGenerator(ModelMixin, ConfigMixin):
@@ -22,6 +53,10 @@ class ConditionalGenerator(ModelMixin, ConfigMixin):
     but the last, ``tanh`` output in [-1, 1]); e.g. 4 → 7 → 14 → 28 for MNIST, 4 → 8 → 16 → 32 for CIFAR-10.
     With the defaults (512, 256, 128) this is the paper's generator; ``image_size`` and ``num_channels`` follow the
     teacher's config (8×8 digits, 28×28×1, 32×32×3 all work; any size divisible by 4).
+
+    With ``layout_box_size=(min, max)`` (detection) each latent also draws a box (:func:`layout_boxes` of ``z[:4]``),
+    and a heatmap of it (:func:`layout_heatmap`) is given as one more input channel to every upsampling layer:
+    the generator is told where the object goes instead of having to learn it from the latent.
 
     Saved with ``save_pretrained`` as ``config.json`` + ``diffusion_pytorch_model.safetensors``.
     """
@@ -35,8 +70,16 @@ class ConditionalGenerator(ModelMixin, ConfigMixin):
         latent_dim: int = 100,
         embedding_dim: int = 50,
         channels: Sequence[int] = (512, 256, 128),
+        layout_box_size: Sequence[float] | None = None,
     ):
         super().__init__()
+        if layout_box_size is not None:
+            if len(layout_box_size) != 2 or not 0 < layout_box_size[0] <= layout_box_size[1] <= 1:
+                raise ValueError(f"layout_box_size must be [min, max] with 0 < min <= max <= 1 (fractions of the "
+                                 f"image side), got {layout_box_size}")
+            if latent_dim < 4:
+                raise ValueError(f"layout boxes are drawn from z[:4]: latent_dim must be >= 4, got {latent_dim}")
+        extra = 1 if layout_box_size is not None else 0  # the layout heatmap channel
         if image_size % 4 != 0 or image_size < 4:
             raise ValueError(f"image_size must be a multiple of 4 (two 2x upsamplings), got {image_size}")
         if len(channels) != 3:
@@ -51,13 +94,13 @@ class ConditionalGenerator(ModelMixin, ConfigMixin):
             nn.ConvTranspose2d(latent_dim + embedding_dim, c0, base, 1, 0, bias=False),
             nn.BatchNorm2d(c0),
             nn.ReLU(inplace=True),
-            nn.ConvTranspose2d(c0, c1, second_kernel, 2, 1, bias=False),
+            nn.ConvTranspose2d(c0 + extra, c1, second_kernel, 2, 1, bias=False),
             nn.BatchNorm2d(c1),
             nn.ReLU(inplace=True),
-            nn.ConvTranspose2d(c1, c2, 4, 2, 1, bias=False),
+            nn.ConvTranspose2d(c1 + extra, c2, 4, 2, 1, bias=False),
             nn.BatchNorm2d(c2),
             nn.ReLU(inplace=True),
-            nn.ConvTranspose2d(c2, num_channels, 4, 2, 1),
+            nn.ConvTranspose2d(c2 + extra, num_channels, 4, 2, 1),
             nn.Tanh(),
         )
         self.apply(dcgan_init)
@@ -66,5 +109,18 @@ class ConditionalGenerator(ModelMixin, ConfigMixin):
         """``(B, latent_dim)`` latents and ``(B,)`` labels → ``(B, num_channels, image_size, image_size)`` in [-1, 1]."""
         if latents.ndim != 2 or latents.shape[1] != self.config.latent_dim:
             raise ValueError(f"latents must be (batch, {self.config.latent_dim}), got {tuple(latents.shape)}")
-        x = torch.cat([latents, self.label_embedding(class_labels).to(latents.dtype)], dim=1)
-        return self.net(x[:, :, None, None])
+        x = torch.cat([latents, self.label_embedding(class_labels).to(latents.dtype)], dim=1)[:, :, None, None]
+        boxes = self.layout(latents)
+        if boxes is None:
+            return self.net(x)
+        for i, layer in enumerate(self.net):
+            if isinstance(layer, nn.ConvTranspose2d) and i > 0:
+                x = torch.cat([x, layout_heatmap(boxes, x.shape[-1]).to(x.dtype)], dim=1)
+            x = layer(x)
+        return x
+
+    def layout(self, latents: torch.Tensor) -> torch.Tensor | None:
+        """The layout box of each latent (``(B, 4)`` normalised ``cx, cy, w, h``), or None without layouts."""
+        if self.config.layout_box_size is None:
+            return None
+        return layout_boxes(latents, *self.config.layout_box_size)
