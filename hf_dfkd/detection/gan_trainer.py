@@ -14,10 +14,10 @@ background_query_loss`) asks every other query for "no object": one object per i
 ``L_BN`` (:func:`~hf_dfkd.losses.batchnorm_statistics_loss`, off by default) asks the generated images to give the
 feature statistics stored in the teacher backbone's batch-norm layers, those of its training images.
 
-With ``detection_query="layout"`` each latent also draws a **layout box** ``b(z)`` (:func:`~hf_dfkd.models.
-layout_boxes`: centre, size and aspect from ``z[:4]``; a generator built with the same ``layout_box_size`` also
-receives the box as a heatmap channel, so it is told where to draw), the object query is the one DETR's matcher would pair with the target
-``(y, b(z))``, and ``λ_box · L_box(b_teacher(q*), b(z))`` (:func:`~hf_dfkd.detection.losses.box_regression_loss`,
+With ``detection_query="layout"`` each latent also draws a **layout box** ``b(z)``
+(:func:`~hf_dfkd.models.layout_boxes`: centre, size and aspect from ``z[:4]``; a generator built with the same
+``layout_box_size`` also receives the box as a heatmap channel, so it is told where to draw), the object query is
+the one DETR's matcher would pair with the target ``(y, b(z))``, and ``λ_box · L_box(b_teacher(q*), b(z))`` (:func:`~hf_dfkd.detection.losses.box_regression_loss`,
 L1 + 1 − GIoU) asks the teacher to put its box there: objects of every size at every place, as DIODE samples
 boxes for its synthetic detection images.
 """
@@ -37,8 +37,8 @@ from datasets import Dataset
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 from torchvision.ops import box_iou
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 from transformers.image_transforms import center_to_corners_format
 from transformers.loss.loss_for_object_detection import generalized_box_iou
