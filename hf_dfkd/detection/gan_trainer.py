@@ -17,9 +17,9 @@ feature statistics stored in the teacher backbone's batch-norm layers, those of 
 With ``detection_query="layout"`` each latent also draws a **layout box** ``b(z)``
 (:func:`~hf_dfkd.models.layout_boxes`: centre, size and aspect from ``z[:4]``; a generator built with the same
 ``layout_box_size`` also receives the box as a heatmap channel, so it is told where to draw), the object query is
-the one DETR's matcher would pair with the target ``(y, b(z))``, and ``λ_box · L_box(b_teacher(q*), b(z))`` (:func:`~hf_dfkd.detection.losses.box_regression_loss`,
-L1 + 1 − GIoU) asks the teacher to put its box there: objects of every size at every place, as DIODE samples
-boxes for its synthetic detection images.
+the one DETR's matcher would pair with the target ``(y, b(z))``, and ``λ_box · L_box(b_teacher(q*), b(z))``
+(:func:`~hf_dfkd.detection.losses.box_regression_loss`, L1 + 1 − GIoU) asks the teacher to put its box there:
+objects of every size at every place, as DIODE samples boxes for its synthetic detection images.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from transformers.loss.loss_for_object_detection import generalized_box_iou
 from ..batchnorm_prior import BatchNormStatistics
 from ..gan_trainer import GANConfig, GANTrainer
 from ..losses import attention_guidance_loss
-from ..models import ConditionalDiscriminator, ConditionalGenerator, layout_boxes
+from ..models import ConditionalDiscriminator, ConditionalGenerator, check_layout_box_size, layout_boxes
 from .data import DetectionCollator, DetectionTransform, detection_processor
 from .losses import background_query_loss, box_regression_loss
 
@@ -250,10 +250,7 @@ class DetectionGANConfig(GANConfig):
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.detection_query not in ("best", "latent", "layout"):
             raise ValueError(f"detection_query must be 'best', 'latent' or 'layout', got {self.detection_query!r}")
-        sizes = list(self.layout_box_size)
-        if len(sizes) != 2 or not 0 < sizes[0] <= sizes[1] <= 1:
-            raise ValueError(f"layout_box_size must be [min, max] with 0 < min <= max <= 1 (fractions of the image "
-                             f"side), got {self.layout_box_size}")
+        check_layout_box_size(self.layout_box_size)
 
 
 class DetectionGANTrainer(GANTrainer):
@@ -352,12 +349,13 @@ class DetectionGANTrainer(GANTrainer):
             raise ValueError(f"detection_query={a.detection_query!r} needs the generator's latents")
         if a.detection_query == "latent":
             query = _latent_queries(latents, self._raw_teacher.config.num_queries)
-        out, query, prob, probe = self._teacher_terms(fake, labels, query, self._layout(latents))
+        layout = self._layout(latents)
+        out, query, prob, probe = self._teacher_terms(fake, labels, query, layout)
         parts = {"det_loss": -torch.log(prob + 1e-8).mean()}
         total = self.args.lambda_detection * parts["det_loss"]
-        if a.detection_query == "layout":
+        if layout is not None:
             picked = out.pred_boxes[torch.arange(len(labels)), query]
-            parts["box_loss"] = box_regression_loss(picked, self._layout(latents))
+            parts["box_loss"] = box_regression_loss(picked, layout)
             total = total + a.lambda_box * parts["box_loss"]
         if bn_prior is not None:
             parts["bn_loss"] = bn_prior.loss()

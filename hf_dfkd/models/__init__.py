@@ -2,6 +2,13 @@
 
 from .classifiers import build_classifier
 from .discriminator import ConditionalDiscriminator
-from .generator import ConditionalGenerator, layout_boxes, layout_heatmap
+from .generator import ConditionalGenerator, check_layout_box_size, layout_boxes, layout_heatmap
 
-__all__ = ["ConditionalDiscriminator", "ConditionalGenerator", "build_classifier", "layout_boxes", "layout_heatmap"]
+__all__ = [
+    "ConditionalDiscriminator",
+    "ConditionalGenerator",
+    "build_classifier",
+    "check_layout_box_size",
+    "layout_boxes",
+    "layout_heatmap",
+]

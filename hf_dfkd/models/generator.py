@@ -11,7 +11,14 @@ from torch import nn
 
 from .init import dcgan_init
 
-__all__ = ["ConditionalGenerator", "layout_boxes"]
+__all__ = ["ConditionalGenerator", "check_layout_box_size", "layout_boxes", "layout_heatmap"]
+
+
+def check_layout_box_size(sizes: Sequence[float]) -> None:
+    """Raise unless ``sizes`` is ``[min, max]`` box sides with ``0 < min <= max <= 1`` (fractions of the image)."""
+    if len(sizes) != 2 or not 0 < sizes[0] <= sizes[1] <= 1:
+        raise ValueError(f"layout_box_size must be [min, max] with 0 < min <= max <= 1 (fractions of the image "
+                         f"side), got {sizes}")
 
 
 def layout_boxes(latents: torch.Tensor, min_size: float, max_size: float,
@@ -74,9 +81,7 @@ class ConditionalGenerator(ModelMixin, ConfigMixin):
     ):
         super().__init__()
         if layout_box_size is not None:
-            if len(layout_box_size) != 2 or not 0 < layout_box_size[0] <= layout_box_size[1] <= 1:
-                raise ValueError(f"layout_box_size must be [min, max] with 0 < min <= max <= 1 (fractions of the "
-                                 f"image side), got {layout_box_size}")
+            check_layout_box_size(layout_box_size)
             if latent_dim < 4:
                 raise ValueError(f"layout boxes are drawn from z[:4]: latent_dim must be >= 4, got {latent_dim}")
         extra = 1 if layout_box_size is not None else 0  # the layout heatmap channel
